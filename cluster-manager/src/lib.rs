@@ -1,0 +1,39 @@
+//! Quiver's cluster coordination on etcd.
+//!
+//! - [`keys`]: the key schema under a configurable prefix (default `/quiver/`).
+//! - [`model`]: the JSON records stored there.
+//! - [`store`]: the [`MetadataStore`] trait with its etcd and in-memory backends.
+//! - [`membership`]: a Searcher's registration under a kept-alive lease.
+//! - [`view`]: the watch-backed, in-memory [`ClusterView`] Mergers search from.
+//! - [`placement`]: point → shard hashing and consistent-hash replica placement.
+//! - [`catalog`]: collection create and drop.
+//! - [`telemetry`]: logging set-up and the stop signal shared by the binaries.
+//! - [`testing`]: a throw-away real etcd for tests (this crate's and others').
+//!
+//! Desired state (collections, assignments) is persistent; live state (searchers, replica
+//! status) always lives under a lease, so a dead node vanishes by itself.
+
+pub mod catalog;
+mod error;
+pub mod keys;
+pub mod membership;
+pub mod model;
+pub mod placement;
+pub mod store;
+pub mod telemetry;
+pub mod testing;
+pub mod view;
+
+pub use catalog::{create_collection, drop_collection, get_collection, list_collections};
+pub use error::{Error, Result};
+pub use keys::{validate_name, Key, KeySchema};
+pub use membership::Registration;
+pub use model::{
+    now_rfc3339, AssignmentRecord, Capacity, CollectionRecord, ReplicaPhase, ReplicaRecord,
+    SearcherRecord,
+};
+pub use placement::{place_replicas, shard_of, stable_hash64, HashRing, DEFAULT_VIRTUAL_NODES};
+pub use store::{
+    Compare, EtcdStore, KeyValue, LeaseId, MemoryStore, MetadataStore, Op, WatchEvent, WatchStream,
+};
+pub use view::{ClusterState, ClusterView};

@@ -1,0 +1,318 @@
+//! Where points and replicas go. Pure functions: the same inputs give the same answer in
+//! every process, on every platform, in every release.
+//!
+//! - A point goes to shard [`shard_of`]`(id, num_shards)`: FNV-1a 64 of the id's UTF-8 bytes,
+//!   modulo the shard count. This is part of the API contract — clients and every Quiver
+//!   version must agree on it — so it never changes.
+//! - A shard's replicas go to Searchers picked by consistent hashing ([`HashRing`]): each
+//!   Searcher owns [`DEFAULT_VIRTUAL_NODES`] points on a 64-bit ring, a shard sits at the hash
+//!   of `"{collection}/{shard}"`, and its replicas are the first distinct Searchers clockwise.
+//!   When one Searcher joins or leaves, only about 1/N of the replicas move.
+
+use crate::{Error, Result};
+
+const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// Ring points per Searcher: enough to keep every Searcher's share within a few percent of
+/// the mean at tens of Searchers, cheap to build (N × 128 hashes).
+pub const DEFAULT_VIRTUAL_NODES: u32 = 128;
+
+/// FNV-1a 64 of `bytes`.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(FNV_OFFSET_BASIS, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(FNV_PRIME)
+    })
+}
+
+/// The shard of a point: FNV-1a 64 of the id's UTF-8 bytes, modulo `num_shards`.
+///
+/// Stable across processes, platforms and releases; part of the API contract. A
+/// `num_shards` of 0 (never valid for a collection) is treated as 1.
+pub fn shard_of(point_id: &str, num_shards: u32) -> u32 {
+    (fnv1a64(point_id.as_bytes()) % u64::from(num_shards.max(1))) as u32
+}
+
+/// A well-mixed, stable 64-bit hash for ring positions: FNV-1a 64 followed by the splitmix64
+/// finaliser. FNV alone clusters short, similar strings such as `"s1#0"`, `"s1#1"` on the
+/// ring; the finaliser spreads them.
+pub fn stable_hash64(bytes: &[u8]) -> u64 {
+    let mut mixed = fnv1a64(bytes);
+    mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    mixed ^ (mixed >> 31)
+}
+
+/// A consistent-hash ring over a set of Searchers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashRing {
+    /// Sorted, distinct.
+    searchers: Vec<String>,
+    /// `(position, index into searchers)`, sorted; ties (vanishingly rare) broken by index,
+    /// which follows the sorted ids, so the order never depends on the input order.
+    points: Vec<(u64, usize)>,
+}
+
+impl HashRing {
+    /// Builds the ring; the input order and duplicates of `searcher_ids` do not matter. A
+    /// `virtual_nodes` of 0 is treated as 1.
+    pub fn new(searcher_ids: &[String], virtual_nodes: u32) -> Self {
+        let mut searchers = searcher_ids.to_vec();
+        searchers.sort();
+        searchers.dedup();
+        let virtual_nodes = virtual_nodes.max(1);
+        let mut points = Vec::with_capacity(searchers.len() * virtual_nodes as usize);
+        for (index, id) in searchers.iter().enumerate() {
+            for virtual_node in 0..virtual_nodes {
+                let position = stable_hash64(format!("{id}#{virtual_node}").as_bytes());
+                points.push((position, index));
+            }
+        }
+        points.sort_unstable();
+        HashRing { searchers, points }
+    }
+
+    /// The distinct Searchers on the ring, sorted.
+    pub fn searchers(&self) -> &[String] {
+        &self.searchers
+    }
+
+    /// The `replication_factor` Searchers of one shard, primary first: walking clockwise from
+    /// the shard's position, the first distinct Searchers met.
+    pub fn replicas_for(
+        &self,
+        collection: &str,
+        shard: u32,
+        replication_factor: usize,
+    ) -> Result<Vec<String>> {
+        if replication_factor == 0 {
+            return Err(Error::InvalidArgument(
+                "replication factor must be at least 1".to_string(),
+            ));
+        }
+        if replication_factor > self.searchers.len() {
+            return Err(too_few_searchers(replication_factor, self.searchers.len()));
+        }
+        let position = stable_hash64(format!("{collection}/{shard}").as_bytes());
+        let start = self.points.partition_point(|(point, _)| *point < position);
+        let mut chosen: Vec<usize> = Vec::with_capacity(replication_factor);
+        for offset in 0..self.points.len() {
+            let (_, index) = self.points[(start + offset) % self.points.len()];
+            if !chosen.contains(&index) {
+                chosen.push(index);
+                if chosen.len() == replication_factor {
+                    break;
+                }
+            }
+        }
+        debug_assert_eq!(
+            chosen.len(),
+            replication_factor,
+            "every searcher is on the ring"
+        );
+        Ok(chosen
+            .into_iter()
+            .map(|index| self.searchers[index].clone())
+            .collect())
+    }
+}
+
+fn too_few_searchers(replication_factor: usize, live: usize) -> Error {
+    Error::FailedPrecondition(format!(
+        "replication factor {replication_factor} needs at least {replication_factor} live \
+         searchers, but only {live} are live"
+    ))
+}
+
+/// Convenience: the replica set of one shard on a ring of [`DEFAULT_VIRTUAL_NODES`] over the
+/// live Searchers; `FailedPrecondition` naming both counts when fewer Searchers are live
+/// than the replication factor. To place many shards, build one [`HashRing`] and call
+/// [`HashRing::replicas_for`]; the answer is the same.
+pub fn place_replicas(
+    live_searcher_ids: &[String],
+    collection: &str,
+    shard: u32,
+    replication_factor: usize,
+) -> Result<Vec<String>> {
+    HashRing::new(live_searcher_ids, DEFAULT_VIRTUAL_NODES).replicas_for(
+        collection,
+        shard,
+        replication_factor,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    fn ids(count: usize) -> Vec<String> {
+        (1..=count)
+            .map(|index| format!("searcher-{index}"))
+            .collect()
+    }
+
+    #[test]
+    fn fnv1a64_matches_published_vectors() {
+        // Reference values of the FNV-1a 64-bit hash (Landon Curt Noll's test suite).
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn shard_of_is_pinned() {
+        // These values are the contract: if this test fails, points would move shards.
+        assert_eq!(shard_of("", 7), (0xcbf2_9ce4_8422_2325_u64 % 7) as u32);
+        assert_eq!(shard_of("a", 16), (0xaf63_dc4c_8601_ec8c_u64 % 16) as u32);
+        assert_eq!(
+            shard_of("foobar", 1000),
+            (0x8594_4171_f739_67e8_u64 % 1000) as u32
+        );
+        assert_eq!(shard_of("anything", 1), 0);
+        assert_eq!(shard_of("anything", 0), 0);
+        let counts = (0..10_000).fold([0u32; 8], |mut counts, index| {
+            counts[shard_of(&format!("point-{index}"), 8) as usize] += 1;
+            counts
+        });
+        assert!(
+            counts.iter().all(|count| (1000..1500).contains(count)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn stable_hash64_is_pinned_and_mixes() {
+        // Pinned so ring positions (and so placements) never change between releases.
+        let expected = {
+            let mut mixed: u64 = 0xaf63_dc4c_8601_ec8c;
+            mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            mixed ^ (mixed >> 31)
+        };
+        assert_eq!(stable_hash64(b"a"), expected);
+        assert_ne!(stable_hash64(b"s1#0") >> 56, stable_hash64(b"s1#1") >> 56);
+    }
+
+    #[test]
+    fn replicas_are_distinct_and_deterministic() {
+        let searchers = ids(5);
+        for shard in 0..200 {
+            let replicas = place_replicas(&searchers, "docs", shard, 3).unwrap();
+            assert_eq!(replicas.len(), 3);
+            let distinct: BTreeSet<&String> = replicas.iter().collect();
+            assert_eq!(distinct.len(), 3, "{replicas:?}");
+            assert!(replicas.iter().all(|id| searchers.contains(id)));
+            assert_eq!(
+                replicas,
+                place_replicas(&searchers, "docs", shard, 3).unwrap()
+            );
+            // The first R' of a larger set are the set for R' (primary stays primary).
+            assert_eq!(
+                replicas[..2],
+                place_replicas(&searchers, "docs", shard, 2).unwrap()[..]
+            );
+        }
+        assert_eq!(place_replicas(&searchers, "docs", 0, 5).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn placement_ignores_input_order_and_duplicates() {
+        let searchers = ids(6);
+        let mut shuffled = searchers.clone();
+        shuffled.reverse();
+        shuffled.swap(1, 4);
+        shuffled.push(searchers[2].clone());
+        assert_eq!(
+            HashRing::new(&searchers, DEFAULT_VIRTUAL_NODES),
+            HashRing::new(&shuffled, DEFAULT_VIRTUAL_NODES)
+        );
+        for shard in 0..100 {
+            assert_eq!(
+                place_replicas(&searchers, "c", shard, 2).unwrap(),
+                place_replicas(&shuffled, "c", shard, 2).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn too_few_searchers_is_a_failed_precondition_naming_both_counts() {
+        let error = place_replicas(&ids(2), "c", 0, 3).unwrap_err();
+        match error {
+            Error::FailedPrecondition(message) => assert_eq!(
+                message,
+                "replication factor 3 needs at least 3 live searchers, but only 2 are live"
+            ),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            place_replicas(&[], "c", 0, 1).unwrap_err(),
+            Error::FailedPrecondition(_)
+        ));
+        assert!(matches!(
+            place_replicas(&ids(2), "c", 0, 0).unwrap_err(),
+            Error::InvalidArgument(_)
+        ));
+    }
+
+    #[test]
+    fn load_is_balanced() {
+        let searchers = ids(5);
+        let ring = HashRing::new(&searchers, DEFAULT_VIRTUAL_NODES);
+        let mut load: BTreeMap<String, usize> = BTreeMap::new();
+        for shard in 0..1000 {
+            for id in ring.replicas_for("docs", shard, 2).unwrap() {
+                *load.entry(id).or_default() += 1;
+            }
+        }
+        let mean = 2000.0 / 5.0;
+        println!("replicas per searcher (5 searchers, 1000 shards, RF 2, mean {mean}): {load:?}");
+        assert_eq!(load.len(), 5);
+        for (id, count) in &load {
+            let deviation = (*count as f64 - mean) / mean;
+            assert!(deviation.abs() <= 0.35, "{id} has {count} (mean {mean})");
+        }
+    }
+
+    /// Fraction of (shard, searcher) replica memberships that differ between two rings.
+    fn moved_fraction(before: &HashRing, after: &HashRing, shards: u32, rf: usize) -> f64 {
+        let mut moved = 0;
+        for shard in 0..shards {
+            let old: BTreeSet<String> = before
+                .replicas_for("docs", shard, rf)
+                .unwrap()
+                .into_iter()
+                .collect();
+            let new: BTreeSet<String> = after
+                .replicas_for("docs", shard, rf)
+                .unwrap()
+                .into_iter()
+                .collect();
+            moved += new.difference(&old).count();
+        }
+        moved as f64 / (shards as usize * rf) as f64
+    }
+
+    #[test]
+    fn few_replicas_move_when_a_searcher_joins_or_leaves() {
+        let five = HashRing::new(&ids(5), DEFAULT_VIRTUAL_NODES);
+        let six = HashRing::new(&ids(6), DEFAULT_VIRTUAL_NODES);
+        let bound = 1.6 / 6.0;
+        for rf in [1, 2] {
+            let joined = moved_fraction(&five, &six, 1000, rf);
+            let left = moved_fraction(&six, &five, 1000, rf);
+            println!(
+                "movement over 1000 shards, RF {rf}: join 5→6 moved {:.1}% of replicas, \
+                 leave 6→5 moved {:.1}% (ideal 1/6 = 16.7%, bound 1.6/6 = {:.1}%)",
+                joined * 100.0,
+                left * 100.0,
+                bound * 100.0
+            );
+            for fraction in [joined, left] {
+                assert!(fraction > 0.0);
+                assert!(fraction <= bound, "{fraction} > {bound}");
+            }
+        }
+    }
+}

@@ -1,0 +1,983 @@
+//! Exact brute-force search over vectors kept contiguously in memory.
+//!
+//! The reference every approximate index is measured against, and the right choice for
+//! small shards: no build step, exact results, O(n·dim) per query.
+//!
+//! # Save format
+//!
+//! One file, `flat.bin`, all integers little-endian:
+//!
+//! | bytes        | field                                        |
+//! |--------------|----------------------------------------------|
+//! | 8            | magic `QVFLAT01`                             |
+//! | 4            | format version (`u32`, currently 1)          |
+//! | 4            | dimension (`u32`)                            |
+//! | 1            | metric (`u8`: 0 = l2, 1 = ip, 2 = cosine)    |
+//! | 8            | vector count `n` (`u64`)                     |
+//! | 8·n          | ids (`u64`), in row order                    |
+//! | 4·n·dim      | vectors (`f32`), row-major, cosine ones normalised |
+//! | 4            | CRC-32 (IEEE) of every byte before it        |
+
+use std::{
+    collections::HashMap,
+    fs::{self, File},
+    io::{self, BufReader, BufWriter, Read, Write},
+    path::Path,
+};
+
+use crate::{
+    crc32::Crc32, normalize_in_place, Error, IndexSpec, Metric, Neighbor, Result, SearchParams,
+    TopK, VectorIndex,
+};
+
+const FILE_NAME: &str = "flat.bin";
+const TEMPORARY_FILE_NAME: &str = "flat.bin.tmp";
+const MAGIC: [u8; 8] = *b"QVFLAT01";
+const FORMAT_VERSION: u32 = 1;
+/// magic + version + dim + metric + count.
+const HEADER_LEN: u64 = 8 + 4 + 4 + 1 + 8;
+const CHECKSUM_LEN: u64 = 4;
+/// Values encoded or decoded per I/O call when saving and loading.
+const IO_CHUNK_VALUES: usize = 16 * 1024;
+/// Queries scored together by [`FlatIndex::search_batch`]: each stored row is read from
+/// memory once per block instead of once per query, while the block's queries (a few tens
+/// of KiB at typical dimensions) stay in cache.
+const QUERY_BLOCK: usize = 32;
+
+/// Exact brute-force index.
+///
+/// Rows live in one contiguous `Vec<f32>` (row `r` is `vectors[r*dim..(r+1)*dim]`) with a
+/// parallel `ids` vector, so a scan is a linear walk through memory. Removal moves the last
+/// row into the hole, keeping storage dense; row order is therefore not insertion order,
+/// which no caller may rely on (results are ordered by score, then id).
+#[derive(Debug, Clone)]
+pub struct FlatIndex {
+    dim: usize,
+    metric: Metric,
+    ids: Vec<u64>,
+    vectors: Vec<f32>,
+    row_of_id: HashMap<u64, usize>,
+}
+
+impl FlatIndex {
+    /// An empty index. A `dim` of 0 gives an index that rejects every insert and search
+    /// with [`Error::InvalidArgument`]; [`crate::build_index`] refuses it up front.
+    pub fn new(dim: usize, metric: Metric) -> Self {
+        Self {
+            dim,
+            metric,
+            ids: Vec::new(),
+            vectors: Vec::new(),
+            row_of_id: HashMap::new(),
+        }
+    }
+
+    /// Reopens an index written by [`VectorIndex::save`] under `dir`.
+    ///
+    /// Checks the magic, version, header fields, file length and checksum, and returns
+    /// [`Error::Corrupt`] on any mismatch, so a damaged or truncated file is reported rather
+    /// than half-loaded.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(FILE_NAME);
+        let file = File::open(&path)?;
+        let file_len = file.metadata()?.len();
+        let corrupt = |detail: String| Error::Corrupt(format!("{}: {detail}", path.display()));
+        if file_len < HEADER_LEN + CHECKSUM_LEN {
+            return Err(corrupt(format!(
+                "file is {file_len} bytes, shorter than the {} byte header and checksum",
+                HEADER_LEN + CHECKSUM_LEN
+            )));
+        }
+
+        let mut reader = ChecksummedReader::new(BufReader::new(file));
+        let mut header = [0u8; HEADER_LEN as usize];
+        reader.read_exact(&mut header)?;
+        let header = FileHeader::decode(&header).map_err(corrupt)?;
+
+        // Validate the length the header implies against the real file before allocating,
+        // so a corrupt count cannot ask for terabytes.
+        let expected_len = header
+            .expected_file_len()
+            .ok_or_else(|| corrupt("header's count and dimension overflow".to_string()))?;
+        if file_len != expected_len {
+            return Err(corrupt(format!(
+                "file is {file_len} bytes but its header ({} vectors of dimension {}) implies \
+                 {expected_len}; it is truncated or was overwritten",
+                header.count, header.dim
+            )));
+        }
+        // The length check above bounds both counts by the file size, which fits in memory
+        // no better than on disk; `try_from` only fails on a 32-bit target.
+        let count = usize::try_from(header.count)
+            .map_err(|_| corrupt("vector count does not fit in memory".to_string()))?;
+        let value_count = count
+            .checked_mul(header.dim)
+            .ok_or_else(|| corrupt("vector data does not fit in memory".to_string()))?;
+
+        let ids = read_u64_values(&mut reader, count).map_err(|error| map_eof(error, &path))?;
+        let vectors =
+            read_f32_values(&mut reader, value_count).map_err(|error| map_eof(error, &path))?;
+        let computed_checksum = reader.checksum();
+        let mut stored_checksum = [0u8; CHECKSUM_LEN as usize];
+        reader
+            .inner
+            .read_exact(&mut stored_checksum)
+            .map_err(|error| map_eof(error, &path))?;
+        let stored_checksum = u32::from_le_bytes(stored_checksum);
+        if stored_checksum != computed_checksum {
+            return Err(corrupt(format!(
+                "checksum mismatch: stored {stored_checksum:#010x}, computed \
+                 {computed_checksum:#010x}"
+            )));
+        }
+
+        let mut row_of_id = HashMap::with_capacity(count);
+        for (row, &id) in ids.iter().enumerate() {
+            if row_of_id.insert(id, row).is_some() {
+                return Err(corrupt(format!("id {id} is stored twice")));
+            }
+        }
+        Ok(Self {
+            dim: header.dim,
+            metric: header.metric,
+            ids,
+            vectors,
+            row_of_id,
+        })
+    }
+
+    /// The ids stored, in row order (not insertion order; see the type's docs).
+    pub fn ids(&self) -> &[u64] {
+        &self.ids
+    }
+
+    fn rows(&self) -> impl Iterator<Item = (u64, &[f32])> + '_ {
+        debug_assert!(self.dim > 0);
+        debug_assert_eq!(self.ids.len() * self.dim, self.vectors.len());
+        self.ids
+            .iter()
+            .copied()
+            .zip(self.vectors.chunks_exact(self.dim.max(1)))
+    }
+
+    fn row(&self, row: usize) -> &[f32] {
+        &self.vectors[row * self.dim..(row + 1) * self.dim]
+    }
+
+    fn require_dimension(&self) -> Result<()> {
+        if self.dim == 0 {
+            return Err(Error::InvalidArgument(
+                "the index was created with dimension 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a query and returns it in the form it is scored in (normalised for cosine).
+    fn prepare_query(&self, query: &[f32], out: &mut Vec<f32>) -> Result<()> {
+        if query.len() != self.dim {
+            return Err(Error::DimensionMismatch {
+                expected: self.dim,
+                actual: query.len(),
+            });
+        }
+        if let Some(position) = query.iter().position(|value| !value.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "query component {position} is not finite"
+            )));
+        }
+        out.clear();
+        out.extend_from_slice(query);
+        if self.metric == Metric::Cosine && !normalize_in_place(out) {
+            return Err(Error::InvalidArgument(
+                "a cosine query must not be the zero vector".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl VectorIndex for FlatIndex {
+    fn spec(&self) -> IndexSpec {
+        IndexSpec::Flat
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn upsert(&mut self, ids: &[u64], vectors: &[f32]) -> Result<()> {
+        self.require_dimension()?;
+        let expected_len = ids.len().checked_mul(self.dim);
+        if expected_len != Some(vectors.len()) {
+            return Err(Error::DimensionMismatch {
+                expected: expected_len.unwrap_or(usize::MAX),
+                actual: vectors.len(),
+            });
+        }
+        // Validate the whole batch before touching the index, so a bad vector anywhere
+        // leaves the index exactly as it was.
+        if let Some(position) = vectors.iter().position(|value| !value.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "vector for id {} has a non-finite component",
+                ids[position / self.dim]
+            )));
+        }
+        let normalised;
+        let vectors = if self.metric == Metric::Cosine {
+            let mut copy = vectors.to_vec();
+            for (row, id) in copy.chunks_exact_mut(self.dim).zip(ids) {
+                if !normalize_in_place(row) {
+                    return Err(Error::InvalidArgument(format!(
+                        "vector for id {id} is the zero vector, which has no cosine direction"
+                    )));
+                }
+            }
+            normalised = copy;
+            normalised.as_slice()
+        } else {
+            vectors
+        };
+
+        let new_ids = ids
+            .iter()
+            .filter(|id| !self.row_of_id.contains_key(id))
+            .count();
+        self.ids.reserve(new_ids);
+        self.vectors.reserve(new_ids * self.dim);
+        self.row_of_id.reserve(new_ids);
+        for (&id, vector) in ids.iter().zip(vectors.chunks_exact(self.dim)) {
+            match self.row_of_id.get(&id) {
+                Some(&row) => {
+                    self.vectors[row * self.dim..(row + 1) * self.dim].copy_from_slice(vector);
+                }
+                None => {
+                    self.row_of_id.insert(id, self.ids.len());
+                    self.ids.push(id);
+                    self.vectors.extend_from_slice(vector);
+                }
+            }
+        }
+        debug_assert_eq!(self.ids.len(), self.row_of_id.len());
+        debug_assert_eq!(self.ids.len() * self.dim, self.vectors.len());
+        Ok(())
+    }
+
+    fn remove(&mut self, ids: &[u64]) -> Result<usize> {
+        let mut removed = 0;
+        for id in ids {
+            let Some(row) = self.row_of_id.remove(id) else {
+                continue;
+            };
+            let last_row = self.ids.len() - 1;
+            if row != last_row {
+                // Fill the hole with the last row so storage stays dense.
+                let moved_id = self.ids[last_row];
+                self.vectors.copy_within(
+                    last_row * self.dim..(last_row + 1) * self.dim,
+                    row * self.dim,
+                );
+                self.ids[row] = moved_id;
+                self.row_of_id.insert(moved_id, row);
+            }
+            self.ids.truncate(last_row);
+            self.vectors.truncate(last_row * self.dim);
+            removed += 1;
+        }
+        debug_assert_eq!(self.ids.len(), self.row_of_id.len());
+        debug_assert_eq!(self.ids.len() * self.dim, self.vectors.len());
+        Ok(removed)
+    }
+
+    fn vector(&self, id: u64) -> Option<Vec<f32>> {
+        self.row_of_id.get(&id).map(|&row| self.row(row).to_vec())
+    }
+
+    fn search(&self, query: &[f32], k: usize, _params: &SearchParams) -> Result<Vec<Neighbor>> {
+        self.require_dimension()?;
+        let mut prepared = Vec::with_capacity(self.dim);
+        self.prepare_query(query, &mut prepared)?;
+        if k == 0 || self.ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut top = TopK::new(self.metric, k.min(self.ids.len()));
+        for (id, stored) in self.rows() {
+            top.push(Neighbor {
+                id,
+                score: self.metric.score(&prepared, stored),
+            });
+        }
+        Ok(top.into_sorted_vec())
+    }
+
+    /// Same results as calling [`VectorIndex::search`] per query, but scores a block of
+    /// queries against each stored row while it is in cache. The kept set is the same
+    /// because every (query, row) score is computed by the same kernel and the top-k under
+    /// a total order does not depend on the order candidates arrive in.
+    fn search_batch(
+        &self,
+        queries: &[f32],
+        k: usize,
+        _params: &SearchParams,
+    ) -> Result<Vec<Vec<Neighbor>>> {
+        self.require_dimension()?;
+        if queries.len() % self.dim != 0 {
+            return Err(Error::DimensionMismatch {
+                expected: self.dim,
+                actual: queries.len(),
+            });
+        }
+        let query_count = queries.len() / self.dim;
+        let mut prepared = Vec::with_capacity(queries.len());
+        let mut scratch = Vec::with_capacity(self.dim);
+        for query in queries.chunks_exact(self.dim) {
+            self.prepare_query(query, &mut scratch)?;
+            prepared.extend_from_slice(&scratch);
+        }
+        if k == 0 || self.ids.is_empty() {
+            return Ok(vec![Vec::new(); query_count]);
+        }
+
+        let kept_per_query = k.min(self.ids.len());
+        let mut results = Vec::with_capacity(query_count);
+        for block in prepared.chunks(QUERY_BLOCK * self.dim) {
+            let mut tops: Vec<TopK> = block
+                .chunks_exact(self.dim)
+                .map(|_| TopK::new(self.metric, kept_per_query))
+                .collect();
+            for (id, stored) in self.rows() {
+                for (top, query) in tops.iter_mut().zip(block.chunks_exact(self.dim)) {
+                    top.push(Neighbor {
+                        id,
+                        score: self.metric.score(query, stored),
+                    });
+                }
+            }
+            results.extend(tops.into_iter().map(TopK::into_sorted_vec));
+        }
+        debug_assert_eq!(results.len(), query_count);
+        Ok(results)
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        let dim = u32::try_from(self.dim).map_err(|_| {
+            Error::InvalidArgument(format!("dimension {} does not fit the format", self.dim))
+        })?;
+        fs::create_dir_all(dir)?;
+        let temporary_path = dir.join(TEMPORARY_FILE_NAME);
+        let final_path = dir.join(FILE_NAME);
+
+        let file = File::create(&temporary_path)?;
+        let mut writer = ChecksummedWriter::new(BufWriter::with_capacity(1 << 16, file));
+        let header = FileHeader {
+            dim: self.dim,
+            metric: self.metric,
+            count: self.ids.len() as u64,
+        };
+        writer.write_all(&header.encode(dim))?;
+        write_u64_values(&mut writer, &self.ids)?;
+        write_f32_values(&mut writer, &self.vectors)?;
+        let checksum = writer.checksum();
+        writer.inner.write_all(&checksum.to_le_bytes())?;
+        let file = writer
+            .inner
+            .into_inner()
+            .map_err(|error| error.into_error())?;
+        // The data must be on disk before the rename makes it the current save; otherwise a
+        // crash could leave `flat.bin` naming a file whose blocks were never written.
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&temporary_path, &final_path)?;
+        sync_directory(dir)?;
+        Ok(())
+    }
+}
+
+/// The fixed-size start of `flat.bin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileHeader {
+    dim: usize,
+    metric: Metric,
+    count: u64,
+}
+
+impl FileHeader {
+    fn encode(&self, dim: u32) -> [u8; HEADER_LEN as usize] {
+        let mut bytes = [0u8; HEADER_LEN as usize];
+        bytes[0..8].copy_from_slice(&MAGIC);
+        bytes[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes[12..16].copy_from_slice(&dim.to_le_bytes());
+        bytes[16] = metric_code(self.metric);
+        bytes[17..25].copy_from_slice(&self.count.to_le_bytes());
+        bytes
+    }
+
+    /// Parses and checks the header; the error is the detail for [`Error::Corrupt`].
+    fn decode(bytes: &[u8; HEADER_LEN as usize]) -> Result<Self, String> {
+        if bytes[0..8] != MAGIC {
+            return Err(format!(
+                "not a flat index file: magic is {:?}, expected {:?}",
+                String::from_utf8_lossy(&bytes[0..8]),
+                String::from_utf8_lossy(&MAGIC)
+            ));
+        }
+        let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+        if version != FORMAT_VERSION {
+            return Err(format!(
+                "unsupported format version {version}; this build reads version \
+                 {FORMAT_VERSION}"
+            ));
+        }
+        let dim = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+        if dim == 0 {
+            return Err("dimension is 0".to_string());
+        }
+        let metric = metric_from_code(bytes[16])
+            .ok_or_else(|| format!("unknown metric code {}", bytes[16]))?;
+        let mut count = [0u8; 8];
+        count.copy_from_slice(&bytes[17..25]);
+        Ok(Self {
+            dim: dim as usize,
+            metric,
+            count: u64::from_le_bytes(count),
+        })
+    }
+
+    /// The total file length this header implies, or `None` if it overflows.
+    fn expected_file_len(&self) -> Option<u64> {
+        let id_bytes = self.count.checked_mul(8)?;
+        let vector_bytes = self.count.checked_mul(self.dim as u64)?.checked_mul(4)?;
+        HEADER_LEN
+            .checked_add(id_bytes)?
+            .checked_add(vector_bytes)?
+            .checked_add(CHECKSUM_LEN)
+    }
+}
+
+fn metric_code(metric: Metric) -> u8 {
+    match metric {
+        Metric::L2 => 0,
+        Metric::InnerProduct => 1,
+        Metric::Cosine => 2,
+    }
+}
+
+fn metric_from_code(code: u8) -> Option<Metric> {
+    match code {
+        0 => Some(Metric::L2),
+        1 => Some(Metric::InnerProduct),
+        2 => Some(Metric::Cosine),
+        _ => None,
+    }
+}
+
+/// A short read after the length check means the file changed under us; report it as
+/// corruption rather than a bare "unexpected end of file".
+fn map_eof(error: io::Error, path: &Path) -> Error {
+    if error.kind() == io::ErrorKind::UnexpectedEof {
+        return Error::Corrupt(format!("{}: file ended early", path.display()));
+    }
+    Error::Io(error)
+}
+
+/// Makes a rename inside `dir` durable. Directories cannot be opened for syncing on every
+/// platform; where they cannot, the rename is as durable as the platform allows.
+fn sync_directory(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// Passes writes through and checksums exactly the bytes the inner writer accepted.
+struct ChecksummedWriter<W> {
+    inner: W,
+    crc: Crc32,
+}
+
+impl<W: Write> ChecksummedWriter<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            crc: Crc32::new(),
+        }
+    }
+
+    fn checksum(&self) -> u32 {
+        self.crc.finish()
+    }
+}
+
+impl<W: Write> Write for ChecksummedWriter<W> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.crc.update(&bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Passes reads through and checksums exactly the bytes returned.
+struct ChecksummedReader<R> {
+    inner: R,
+    crc: Crc32,
+}
+
+impl<R: Read> ChecksummedReader<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            crc: Crc32::new(),
+        }
+    }
+
+    fn checksum(&self) -> u32 {
+        self.crc.finish()
+    }
+}
+
+impl<R: Read> Read for ChecksummedReader<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buffer)?;
+        self.crc.update(&buffer[..read]);
+        Ok(read)
+    }
+}
+
+fn write_u64_values(writer: &mut impl Write, values: &[u64]) -> io::Result<()> {
+    let mut bytes = Vec::with_capacity(IO_CHUNK_VALUES.min(values.len()) * 8);
+    for chunk in values.chunks(IO_CHUNK_VALUES) {
+        bytes.clear();
+        for value in chunk {
+            bytes.extend_from_slice(&value.to_le_bytes());
+        }
+        writer.write_all(&bytes)?;
+    }
+    Ok(())
+}
+
+fn write_f32_values(writer: &mut impl Write, values: &[f32]) -> io::Result<()> {
+    let mut bytes = Vec::with_capacity(IO_CHUNK_VALUES.min(values.len()) * 4);
+    for chunk in values.chunks(IO_CHUNK_VALUES) {
+        bytes.clear();
+        for value in chunk {
+            bytes.extend_from_slice(&value.to_le_bytes());
+        }
+        writer.write_all(&bytes)?;
+    }
+    Ok(())
+}
+
+fn read_u64_values(reader: &mut impl Read, count: usize) -> io::Result<Vec<u64>> {
+    let mut values = Vec::with_capacity(count);
+    let mut bytes = vec![0u8; IO_CHUNK_VALUES.min(count) * 8];
+    let mut remaining = count;
+    while remaining > 0 {
+        let chunk_values = remaining.min(IO_CHUNK_VALUES);
+        let chunk = &mut bytes[..chunk_values * 8];
+        reader.read_exact(chunk)?;
+        values.extend(chunk.chunks_exact(8).map(|value| {
+            u64::from_le_bytes([
+                value[0], value[1], value[2], value[3], value[4], value[5], value[6], value[7],
+            ])
+        }));
+        remaining -= chunk_values;
+    }
+    Ok(values)
+}
+
+fn read_f32_values(reader: &mut impl Read, count: usize) -> io::Result<Vec<f32>> {
+    let mut values = Vec::with_capacity(count);
+    let mut bytes = vec![0u8; IO_CHUNK_VALUES.min(count) * 4];
+    let mut remaining = count;
+    while remaining > 0 {
+        let chunk_values = remaining.min(IO_CHUNK_VALUES);
+        let chunk = &mut bytes[..chunk_values * 4];
+        reader.read_exact(chunk)?;
+        values.extend(
+            chunk
+                .chunks_exact(4)
+                .map(|value| f32::from_le_bytes([value[0], value[1], value[2], value[3]])),
+        );
+        remaining -= chunk_values;
+    }
+    Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    const PARAMS: SearchParams = SearchParams {
+        ef_search: 0,
+        nprobe: 0,
+    };
+
+    fn random_vectors(rng: &mut impl Rng, count: usize, dim: usize) -> Vec<f32> {
+        (0..count * dim).map(|_| rng.gen_range(-1.0..1.0)).collect()
+    }
+
+    /// Score everything, sort with the metric's order, take k.
+    fn naive_search(index: &FlatIndex, query: &[f32], k: usize) -> Vec<Neighbor> {
+        let mut query = query.to_vec();
+        if index.metric() == Metric::Cosine {
+            assert!(normalize_in_place(&mut query));
+        }
+        let mut all: Vec<Neighbor> = index
+            .ids()
+            .iter()
+            .map(|&id| Neighbor {
+                id,
+                score: index.metric().score(&query, &index.vector(id).unwrap()),
+            })
+            .collect();
+        all.sort_by(|left, right| index.metric().compare_neighbors(left, right));
+        all.truncate(k);
+        all
+    }
+
+    fn filled_index(metric: Metric, count: usize, dim: usize, seed: u64) -> FlatIndex {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut index = FlatIndex::new(dim, metric);
+        // Sparse, shuffled ids so row order and id order differ.
+        let ids: Vec<u64> = (0..count as u64).map(|row| row * 7919 % 100_003).collect();
+        index
+            .upsert(&ids, &random_vectors(&mut rng, count, dim))
+            .unwrap();
+        index
+    }
+
+    #[test]
+    fn search_matches_a_naive_reference_for_every_metric() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for metric in Metric::ALL {
+            for dim in [1, 3, 8, 17] {
+                let index = filled_index(metric, 300, dim, 5 + dim as u64);
+                for k in [1, 5, 10, 299, 300, 1000] {
+                    for _ in 0..5 {
+                        let query = random_vectors(&mut rng, 1, dim);
+                        let found = index.search(&query, k, &PARAMS).unwrap();
+                        assert_eq!(found, naive_search(&index, &query, k), "{metric} {dim} {k}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn search_breaks_score_ties_by_ascending_id() {
+        let mut index = FlatIndex::new(2, Metric::L2);
+        index
+            .upsert(&[9, 4, 6, 1], &[1.0, 0.0, 0.0, 1.0, -1.0, 0.0, 5.0, 5.0])
+            .unwrap();
+        let found = index.search(&[0.0, 0.0], 3, &PARAMS).unwrap();
+        assert_eq!(
+            found.iter().map(|neighbor| neighbor.id).collect::<Vec<_>>(),
+            vec![4, 6, 9]
+        );
+    }
+
+    #[test]
+    fn search_batch_equals_search_per_query() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        for metric in Metric::ALL {
+            let index = filled_index(metric, 500, 12, 9);
+            // More queries than one block, and not a multiple of it.
+            let queries = random_vectors(&mut rng, QUERY_BLOCK * 2 + 5, 12);
+            for k in [0, 1, 10, 600] {
+                let batch = index.search_batch(&queries, k, &PARAMS).unwrap();
+                let single: Vec<Vec<Neighbor>> = queries
+                    .chunks_exact(12)
+                    .map(|query| index.search(query, k, &PARAMS).unwrap())
+                    .collect();
+                assert_eq!(batch, single, "{metric} k={k}");
+            }
+        }
+    }
+
+    #[test]
+    fn k_zero_and_empty_index_give_empty_results() {
+        let empty = FlatIndex::new(3, Metric::L2);
+        assert!(empty
+            .search(&[1.0, 2.0, 3.0], 5, &PARAMS)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            empty.search_batch(&[1.0; 6], 5, &PARAMS).unwrap(),
+            vec![Vec::<Neighbor>::new(); 2]
+        );
+        let index = filled_index(Metric::L2, 10, 3, 1);
+        assert!(index
+            .search(&[1.0, 2.0, 3.0], 0, &PARAMS)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn upsert_of_an_existing_id_replaces_its_vector_and_keeps_len() {
+        let mut index = FlatIndex::new(2, Metric::InnerProduct);
+        index.upsert(&[1, 2], &[1.0, 0.0, 0.0, 1.0]).unwrap();
+        index.upsert(&[1], &[0.0, 5.0]).unwrap();
+        assert_eq!(index.len(), 2);
+        assert_eq!(index.vector(1), Some(vec![0.0, 5.0]));
+        let found = index.search(&[0.0, 1.0], 1, &PARAMS).unwrap();
+        assert_eq!(found, vec![Neighbor { id: 1, score: 5.0 }]);
+    }
+
+    #[test]
+    fn upsert_with_a_repeated_id_keeps_the_last_occurrence() {
+        let mut index = FlatIndex::new(1, Metric::L2);
+        index.upsert(&[7, 7, 8], &[1.0, 2.0, 3.0]).unwrap();
+        assert_eq!(index.len(), 2);
+        assert_eq!(index.vector(7), Some(vec![2.0]));
+    }
+
+    #[test]
+    fn removed_ids_are_never_returned() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let mut index = filled_index(Metric::L2, 200, 4, 3);
+        let all_ids = index.ids().to_vec();
+        let removed: Vec<u64> = all_ids.iter().copied().step_by(3).collect();
+        // Ask twice for some ids and for unknown ones: only real removals count.
+        let mut request = removed.clone();
+        request.extend_from_slice(&removed[..5]);
+        request.push(u64::MAX);
+        assert_eq!(index.remove(&request).unwrap(), removed.len());
+        assert_eq!(index.len(), all_ids.len() - removed.len());
+        for &id in &removed {
+            assert_eq!(index.vector(id), None);
+        }
+        for _ in 0..20 {
+            let query = random_vectors(&mut rng, 1, 4);
+            let found = index.search(&query, 200, &PARAMS).unwrap();
+            assert_eq!(found.len(), index.len());
+            assert!(found.iter().all(|neighbor| !removed.contains(&neighbor.id)));
+            assert_eq!(found, naive_search(&index, &query, 200));
+        }
+        // The row moved into each hole still answers for its own id.
+        for &id in index.ids() {
+            let vector = index.vector(id).unwrap();
+            let best = index.search(&vector, 1, &PARAMS).unwrap();
+            assert_eq!(best[0].id, id);
+        }
+        assert_eq!(
+            index.remove(index.ids().to_vec().as_slice()).unwrap(),
+            200 - removed.len()
+        );
+        assert!(index.is_empty());
+    }
+
+    #[test]
+    fn wrong_lengths_are_dimension_errors_and_change_nothing() {
+        let mut index = FlatIndex::new(3, Metric::L2);
+        index.upsert(&[1], &[1.0, 2.0, 3.0]).unwrap();
+        assert!(matches!(
+            index.upsert(&[2, 3], &[1.0; 5]),
+            Err(Error::DimensionMismatch {
+                expected: 6,
+                actual: 5
+            })
+        ));
+        assert_eq!(index.len(), 1);
+        assert!(matches!(
+            index.search(&[1.0, 2.0], 1, &PARAMS),
+            Err(Error::DimensionMismatch {
+                expected: 3,
+                actual: 2
+            })
+        ));
+        assert!(matches!(
+            index.search_batch(&[1.0; 7], 1, &PARAMS),
+            Err(Error::DimensionMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn non_finite_values_are_rejected() {
+        let mut index = FlatIndex::new(2, Metric::L2);
+        assert!(matches!(
+            index.upsert(&[1, 2], &[1.0, 2.0, f32::NAN, 0.0]),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(index.is_empty());
+        assert!(matches!(
+            index.search(&[f32::INFINITY, 0.0], 1, &PARAMS),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn dimension_zero_index_rejects_operations_without_panicking() {
+        let mut index = FlatIndex::new(0, Metric::L2);
+        assert!(index.upsert(&[], &[]).is_err());
+        assert!(index.search(&[], 1, &PARAMS).is_err());
+        assert!(index.search_batch(&[], 1, &PARAMS).is_err());
+        assert_eq!(index.remove(&[1]).unwrap(), 0);
+    }
+
+    #[test]
+    fn cosine_normalises_and_rejects_zero_vectors_without_partial_writes() {
+        let mut index = FlatIndex::new(2, Metric::Cosine);
+        index.upsert(&[1], &[3.0, 4.0]).unwrap();
+        assert_eq!(index.vector(1), Some(vec![0.6, 0.8]));
+
+        let result = index.upsert(&[1, 2, 3], &[1.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
+        assert!(matches!(result, Err(Error::InvalidArgument(_))));
+        assert_eq!(index.len(), 1);
+        assert_eq!(index.vector(1), Some(vec![0.6, 0.8]));
+        assert_eq!(index.vector(2), None);
+
+        assert!(matches!(
+            index.search(&[0.0, 0.0], 1, &PARAMS),
+            Err(Error::InvalidArgument(_))
+        ));
+        // Scale does not matter for cosine; the score is the cosine similarity.
+        let found = index.search(&[30.0, 40.0], 1, &PARAMS).unwrap();
+        assert_eq!(found[0].id, 1);
+        assert!((found[0].score - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn save_then_load_gives_identical_search_results() {
+        let directory = tempfile::tempdir().unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        for metric in Metric::ALL {
+            let mut index = filled_index(metric, 150, 9, 12);
+            let first_rows = index.ids()[..10].to_vec();
+            index.remove(&first_rows).unwrap();
+            let save_dir = directory.path().join(metric.as_str()).join("nested");
+            index.save(&save_dir).unwrap();
+            assert!(!save_dir.join(TEMPORARY_FILE_NAME).exists());
+
+            let loaded = FlatIndex::load(&save_dir).unwrap();
+            assert_eq!(loaded.metric(), metric);
+            assert_eq!(loaded.dim(), 9);
+            assert_eq!(loaded.len(), index.len());
+            assert_eq!(loaded.ids(), index.ids());
+            let queries = random_vectors(&mut rng, 10, 9);
+            assert_eq!(
+                loaded.search_batch(&queries, 15, &PARAMS).unwrap(),
+                index.search_batch(&queries, 15, &PARAMS).unwrap()
+            );
+            for &id in index.ids() {
+                assert_eq!(loaded.vector(id), index.vector(id));
+            }
+        }
+    }
+
+    #[test]
+    fn saving_again_replaces_the_earlier_save() {
+        let directory = tempfile::tempdir().unwrap();
+        let mut index = FlatIndex::new(2, Metric::L2);
+        index.upsert(&[1], &[1.0, 1.0]).unwrap();
+        index.save(directory.path()).unwrap();
+        index.upsert(&[2], &[2.0, 2.0]).unwrap();
+        index.save(directory.path()).unwrap();
+        assert_eq!(FlatIndex::load(directory.path()).unwrap().len(), 2);
+
+        let empty = FlatIndex::new(2, Metric::L2);
+        empty.save(directory.path()).unwrap();
+        assert!(FlatIndex::load(directory.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn load_index_through_the_spec_reopens_a_flat_save() {
+        let directory = tempfile::tempdir().unwrap();
+        let mut index = crate::build_index(&IndexSpec::Flat, 2, Metric::L2).unwrap();
+        index.upsert(&[3], &[1.0, 2.0]).unwrap();
+        index.save(directory.path()).unwrap();
+        let loaded = crate::load_index(&IndexSpec::Flat, directory.path()).unwrap();
+        assert_eq!(loaded.vector(3), Some(vec![1.0, 2.0]));
+    }
+
+    fn saved_bytes(directory: &Path) -> Vec<u8> {
+        let index = filled_index(Metric::InnerProduct, 20, 3, 6);
+        index.save(directory).unwrap();
+        fs::read(directory.join(FILE_NAME)).unwrap()
+    }
+
+    #[test]
+    fn any_flipped_byte_is_reported_as_corrupt() {
+        let directory = tempfile::tempdir().unwrap();
+        let original = saved_bytes(directory.path());
+        for position in 0..original.len() {
+            let mut damaged = original.clone();
+            damaged[position] ^= 0x40;
+            fs::write(directory.path().join(FILE_NAME), &damaged).unwrap();
+            let result = FlatIndex::load(directory.path());
+            assert!(
+                matches!(result, Err(Error::Corrupt(_))),
+                "byte {position}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_or_extended_files_are_reported_as_corrupt() {
+        let directory = tempfile::tempdir().unwrap();
+        let original = saved_bytes(directory.path());
+        for len in (0..original.len()).chain([original.len() + 1]) {
+            let mut changed = original.clone();
+            changed.resize(len, 0);
+            fs::write(directory.path().join(FILE_NAME), &changed).unwrap();
+            let result = FlatIndex::load(directory.path());
+            assert!(
+                matches!(result, Err(Error::Corrupt(_))),
+                "length {len}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn corrupt_errors_say_what_is_wrong() {
+        let directory = tempfile::tempdir().unwrap();
+        let original = saved_bytes(directory.path());
+        let message_for = |bytes: &[u8]| {
+            fs::write(directory.path().join(FILE_NAME), bytes).unwrap();
+            FlatIndex::load(directory.path()).unwrap_err().to_string()
+        };
+        let mut bad_magic = original.clone();
+        bad_magic[0] = b'X';
+        assert!(message_for(&bad_magic).contains("magic"));
+        let mut bad_version = original.clone();
+        bad_version[8] = 2;
+        assert!(message_for(&bad_version).contains("version 2"));
+        let mut bad_payload = original.clone();
+        bad_payload[40] ^= 1;
+        assert!(message_for(&bad_payload).contains("checksum"));
+        // A huge count must be caught by the length check, not by a failed allocation.
+        let mut huge_count = original.clone();
+        huge_count[17..25].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(message_for(&huge_count).contains("bytes"));
+        let mut overflowing_count = original.clone();
+        overflowing_count[17..25].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(message_for(&overflowing_count).contains("overflow"));
+    }
+
+    #[test]
+    fn load_of_a_missing_save_is_an_io_error() {
+        let directory = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            FlatIndex::load(directory.path()),
+            Err(Error::Io(_))
+        ));
+    }
+}

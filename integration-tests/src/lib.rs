@@ -1,0 +1,331 @@
+//! A real Quiver cluster for tests: a real etcd on free ports and real `quiver-searcher` and
+//! `quiver-merger` processes on 127.0.0.1, each started on port 0 and awaited through its
+//! ready file (no pick-a-port race, no blind sleeps). Everything is killed on drop.
+//!
+//! The binaries come from the workspace's target directory: `scripts/test.sh` builds them
+//! before running the tests.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use quiver_cluster::testing::EtcdServer;
+use quiver_proto::v1::{
+    merger_client::MergerClient, CollectionConfig, CreateCollectionRequest, Metric, Point,
+    UpsertRequest,
+};
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+/// Where a binary of this workspace was built, next to the test executable's `deps/`.
+pub fn binary(name: &str) -> PathBuf {
+    let test_executable = std::env::current_exe().expect("test executable path");
+    let profile_dir = test_executable
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`; scripts/test.sh does this)",
+        path.display()
+    );
+    path
+}
+
+/// `../shared/data/<name>` beside the repository, if present.
+pub fn shared_data(name: &str) -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data")
+        .join(name);
+    path.exists().then_some(path)
+}
+
+pub struct SearcherProcess {
+    pub id: String,
+    pub address: String,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl SearcherProcess {
+    /// SIGKILL: no graceful stop, no lease revocation.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for SearcherProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Cluster {
+    pub etcd: EtcdServer,
+    pub searchers: Vec<SearcherProcess>,
+    pub merger_address: String,
+    pub lease_ttl_secs: u64,
+    merger: Option<Child>,
+    work: TempDir,
+}
+
+impl Cluster {
+    /// etcd, `searchers` Searchers (ids `searcher-1`…) and one Merger.
+    pub async fn start(searchers: usize, lease_ttl_secs: u64) -> Cluster {
+        let etcd = EtcdServer::start().expect("start etcd (scripts/test.sh installs it)");
+        let work = tempfile::tempdir().expect("temp dir");
+        let mut cluster = Cluster {
+            etcd,
+            searchers: Vec::new(),
+            merger_address: String::new(),
+            lease_ttl_secs,
+            merger: None,
+            work,
+        };
+        for number in 1..=searchers {
+            let searcher = cluster.spawn_searcher(&format!("searcher-{number}"));
+            cluster.searchers.push(searcher);
+        }
+        for searcher in &mut cluster.searchers {
+            searcher.address =
+                wait_ready(&ready_file(cluster.work.path(), &searcher.id), &searcher.id);
+        }
+        let merger_ready = cluster.work.path().join("merger.ready");
+        let merger = Command::new(binary("quiver-merger"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--etcd-endpoints",
+                &cluster.etcd.endpoint,
+            ])
+            .arg("--ready-file")
+            .arg(&merger_ready)
+            .stdout(Stdio::null())
+            .stderr(log_file(cluster.work.path(), "merger"))
+            .spawn()
+            .expect("spawn quiver-merger");
+        cluster.merger = Some(merger);
+        cluster.merger_address = wait_ready(&merger_ready, "merger");
+        cluster
+    }
+
+    fn spawn_searcher(&self, id: &str) -> SearcherProcess {
+        let data_dir = self.work.path().join(id);
+        let ready = ready_file(self.work.path(), id);
+        let _ = std::fs::remove_file(&ready);
+        let child = Command::new(binary("quiver-searcher"))
+            .args(["--id", id, "--listen", "127.0.0.1:0"])
+            .args(["--etcd-endpoints", &self.etcd.endpoint])
+            .args(["--lease-ttl-secs", &self.lease_ttl_secs.to_string()])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdout(Stdio::null())
+            .stderr(log_file(self.work.path(), id))
+            .spawn()
+            .expect("spawn quiver-searcher");
+        SearcherProcess {
+            id: id.to_string(),
+            address: String::new(),
+            data_dir,
+            child: Some(child),
+        }
+    }
+
+    /// Starts the Searcher at `index` again with the same id and data directory.
+    pub fn restart_searcher(&mut self, index: usize) {
+        let id = self.searchers[index].id.clone();
+        self.searchers[index].kill();
+        let mut searcher = self.spawn_searcher(&id);
+        searcher.address = wait_ready(&ready_file(self.work.path(), &id), &id);
+        self.searchers[index] = searcher;
+    }
+
+    pub async fn client(&self) -> MergerClient<Channel> {
+        let channel = Channel::from_shared(self.merger_address.clone())
+            .expect("merger address")
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(120))
+            .connect()
+            .await
+            .expect("connect to merger");
+        MergerClient::new(channel)
+            .max_decoding_message_size(quiver_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(quiver_proto::MAX_MESSAGE_BYTES)
+    }
+
+    /// Runs the real `etcdctl` against this cluster's etcd and returns its stdout.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let output = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(&self.etcd.endpoint)
+            .args(args)
+            .output()
+            .expect("run etcdctl (scripts/test.sh installs it)");
+        assert!(
+            output.status.success(),
+            "etcdctl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("etcdctl prints UTF-8")
+    }
+
+    /// Keys under `prefix`, read with etcdctl.
+    pub fn etcd_keys(&self, prefix: &str) -> Vec<String> {
+        self.etcdctl(&["get", "--prefix", "--keys-only", prefix])
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The tail of a process's log, for assertion messages.
+    pub fn log_tail(&self, name: &str) -> String {
+        let text = std::fs::read_to_string(self.work.path().join(format!("{name}.log")))
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut merger) = self.merger.take() {
+            let _ = merger.kill();
+            let _ = merger.wait();
+        }
+        for searcher in &mut self.searchers {
+            searcher.kill();
+        }
+    }
+}
+
+fn ready_file(work: &Path, name: &str) -> PathBuf {
+    work.join(format!("{name}.ready"))
+}
+
+fn log_file(work: &Path, name: &str) -> Stdio {
+    std::fs::File::create(work.join(format!("{name}.log")))
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
+}
+
+fn wait_ready(path: &Path, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if !text.trim().is_empty() {
+                return text.trim().to_string();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let log = path.with_extension("log");
+    panic!(
+        "{what} did not become ready within 30s; log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// Polls `check` until it returns Some or `timeout` passes.
+pub async fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn collection_config(
+    name: &str,
+    dimension: u32,
+    metric: Metric,
+    shards: u32,
+    replication_factor: u32,
+) -> CreateCollectionRequest {
+    CreateCollectionRequest {
+        config: Some(CollectionConfig {
+            name: name.to_string(),
+            dimension,
+            metric: metric as i32,
+            num_shards: shards,
+            replication_factor,
+            index_spec: "flat".into(),
+        }),
+    }
+}
+
+/// Upserts every row of `vectors` with its row number as id, in batches.
+pub async fn upsert_rows(
+    client: &mut MergerClient<Channel>,
+    collection: &str,
+    vectors: &quiver_index::dataset::Vectors,
+    batch: usize,
+) {
+    let rows: Vec<usize> = (0..vectors.len()).collect();
+    for chunk in rows.chunks(batch) {
+        let points = chunk
+            .iter()
+            .map(|row| Point {
+                id: row.to_string(),
+                vector: vectors.row(*row).to_vec(),
+                payload_json: format!(r#"{{"row":{row}}}"#),
+            })
+            .collect();
+        let response = client
+            .upsert(UpsertRequest {
+                collection: collection.to_string(),
+                points,
+            })
+            .await
+            .expect("upsert")
+            .into_inner();
+        assert_eq!(response.upserted as usize, chunk.len());
+        assert!(
+            response.failed_replicas.is_empty(),
+            "replicas failed: {:?}",
+            response.failed_replicas
+        );
+    }
+}

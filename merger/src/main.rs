@@ -1,0 +1,64 @@
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use quiver_merger::{run, MergerConfig, MergerServerConfig};
+
+/// Quiver Merger: the gRPC service clients call. Stateless; run as many as you like.
+#[derive(Debug, Parser)]
+#[command(name = "quiver-merger", version)]
+struct Args {
+    /// Address to listen on for gRPC.
+    #[arg(long, env = "QUIVER_LISTEN", default_value = "127.0.0.1:7000")]
+    listen: SocketAddr,
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        env = "QUIVER_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    etcd_endpoints: Vec<String>,
+    /// Prefix of every key Quiver keeps in etcd.
+    #[arg(long, env = "QUIVER_ETCD_PREFIX", default_value = "/quiver/")]
+    etcd_prefix: String,
+    /// Deadline of each etcd call, in milliseconds.
+    #[arg(long, env = "QUIVER_ETCD_TIMEOUT_MS", default_value_t = 5000)]
+    etcd_timeout_ms: u64,
+    /// Deadline of a search that sets none, in milliseconds.
+    #[arg(long, env = "QUIVER_SEARCH_TIMEOUT_MS", default_value_t = 10_000)]
+    search_timeout_ms: u64,
+    /// Deadline of a write or get that sets none, in milliseconds.
+    #[arg(long, env = "QUIVER_WRITE_TIMEOUT_MS", default_value_t = 30_000)]
+    write_timeout_ms: u64,
+    /// Write the bound address to this file once serving.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "QUIVER_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    quiver_cluster::telemetry::init_logging(args.log_json);
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let config = MergerServerConfig {
+        etcd_endpoints: args.etcd_endpoints,
+        etcd_prefix: args.etcd_prefix,
+        etcd_timeout: Duration::from_millis(args.etcd_timeout_ms),
+        merger: MergerConfig {
+            search_timeout: Duration::from_millis(args.search_timeout_ms),
+            write_timeout: Duration::from_millis(args.write_timeout_ms),
+            ..MergerConfig::default()
+        },
+        ready_file: args.ready_file,
+    };
+    run(
+        config,
+        listener,
+        quiver_cluster::telemetry::shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}

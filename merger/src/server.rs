@@ -1,0 +1,72 @@
+//! Wires a Merger process together: etcd connection, the watched cluster view, and the gRPC
+//! server with the standard health and reflection services.
+
+use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
+
+use quiver_cluster::{ClusterView, EtcdStore, KeySchema, MetadataStore};
+use quiver_proto::v1::merger_server::MergerServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::{
+    error::{Error, Result},
+    grpc::MergerGrpc,
+    service::{Merger, MergerConfig, MergerService},
+};
+
+#[derive(Debug, Clone)]
+pub struct MergerServerConfig {
+    pub etcd_endpoints: Vec<String>,
+    pub etcd_prefix: String,
+    pub etcd_timeout: Duration,
+    pub merger: MergerConfig,
+    /// Written with the bound address once the Merger serves.
+    pub ready_file: Option<PathBuf>,
+}
+
+pub async fn run(
+    config: MergerServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let bound = listener
+        .local_addr()
+        .map_err(|error| Error::Internal(format!("listener has no local address: {error}")))?;
+    let store: Arc<dyn MetadataStore> =
+        Arc::new(EtcdStore::connect(&config.etcd_endpoints, config.etcd_timeout).await?);
+    let schema = KeySchema::new(&config.etcd_prefix);
+    let view = ClusterView::start(Arc::clone(&store), schema.clone()).await?;
+    let merger: Arc<dyn MergerService> =
+        Arc::new(Merger::new(store, schema, view, config.merger.clone()));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<MergerServer<MergerGrpc>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(quiver_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|error| Error::Internal(format!("reflection service: {error}")))?;
+    let merger_service = MergerServer::new(MergerGrpc::new(merger))
+        .max_decoding_message_size(quiver_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(quiver_proto::MAX_MESSAGE_BYTES);
+
+    if let Some(ready_file) = &config.ready_file {
+        quiver_cluster::telemetry::write_ready_file(ready_file, &format!("http://{bound}"))
+            .map_err(|error| {
+                Error::Internal(format!("writing {}: {error}", ready_file.display()))
+            })?;
+    }
+    tracing::info!(address = %bound, "merger serving");
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(merger_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|error| Error::Internal(format!("grpc server: {error}")))?;
+    tracing::info!("merger stopped");
+    Ok(())
+}

@@ -1,0 +1,966 @@
+//! The Merger service: what clients call. [`MergerService`] is the trait the gRPC adapter
+//! calls; [`Merger`] implements it over the watched cluster view and the Searchers.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use quiver_cluster::{
+    catalog,
+    model::{now_rfc3339, CollectionRecord},
+    placement::shard_of,
+    ClusterState, ClusterView, KeySchema, MetadataStore, ReplicaPhase,
+};
+use quiver_index::{merge_top_k, IndexSpec, Metric, Neighbor};
+use quiver_proto::{
+    code_from_name, code_name,
+    v1::{
+        self, ClusterStatusResponse, CollectionConfig, CollectionDescription, CollectionHealth,
+        CreateCollectionRequest, CreateCollectionResponse, DeleteRequest, DeleteResponse,
+        DescribeCollectionResponse, DropCollectionResponse, GetRequest, GetResponse,
+        ListCollectionsResponse, Point, QueryResult, ReplicaDeleteRequest, ReplicaDescription,
+        ReplicaFailure, ReplicaGetRequest, ReplicaUpsertRequest, ReplicaWriteResponse, ScoredPoint,
+        SearchRequest, SearchResponse, SearcherDescription, ShardDescription, ShardFailure,
+        ShardSearchRequest, ShardSearchResponse, UpsertRequest, UpsertResponse,
+    },
+};
+use tokio::time::Instant;
+use tonic::{Code, Status};
+
+use crate::{
+    clients::SearcherClients,
+    error::{retryable, Error, Result},
+    routing, validate,
+};
+
+#[derive(Debug, Clone)]
+pub struct MergerConfig {
+    /// Deadline of a search that names none.
+    pub search_timeout: Duration,
+    /// Deadline of writes, gets and admin calls that name none.
+    pub write_timeout: Duration,
+    /// How long CreateCollection waits for the new replicas to become ACTIVE.
+    pub create_wait: Duration,
+}
+
+impl Default for MergerConfig {
+    fn default() -> Self {
+        MergerConfig {
+            search_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+            create_wait: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Every method takes the client's gRPC deadline, if it sent one; the earlier of that and
+/// the request's own or the default deadline bounds all the work the call causes.
+#[async_trait]
+pub trait MergerService: Send + Sync + 'static {
+    async fn create_collection(
+        &self,
+        request: CreateCollectionRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<CreateCollectionResponse>;
+    async fn drop_collection(&self, name: &str) -> Result<DropCollectionResponse>;
+    async fn list_collections(&self) -> Result<ListCollectionsResponse>;
+    async fn describe_collection(&self, name: &str) -> Result<DescribeCollectionResponse>;
+    async fn upsert(
+        &self,
+        request: UpsertRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<UpsertResponse>;
+    async fn delete(
+        &self,
+        request: DeleteRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<DeleteResponse>;
+    async fn get(
+        &self,
+        request: GetRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<GetResponse>;
+    async fn search(
+        &self,
+        request: SearchRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<SearchResponse>;
+    async fn cluster_status(&self) -> Result<ClusterStatusResponse>;
+}
+
+pub struct Merger {
+    store: Arc<dyn MetadataStore>,
+    schema: KeySchema,
+    view: ClusterView,
+    clients: SearcherClients,
+    /// Advances per request so consecutive searches start on different replicas.
+    rotation: AtomicU64,
+    config: MergerConfig,
+}
+
+enum ReplicaWrite {
+    Upsert(Vec<Point>),
+    Delete(Vec<String>),
+}
+
+/// What the replicas of one shard did with a write.
+#[derive(Default)]
+struct ShardWriteOutcome {
+    succeeded: usize,
+    affected: u32,
+    failures: Vec<ReplicaFailure>,
+}
+
+impl Merger {
+    pub fn new(
+        store: Arc<dyn MetadataStore>,
+        schema: KeySchema,
+        view: ClusterView,
+        config: MergerConfig,
+    ) -> Merger {
+        Merger {
+            store,
+            schema,
+            view,
+            clients: SearcherClients::new(Duration::from_secs(2)),
+            rotation: AtomicU64::new(0),
+            config,
+        }
+    }
+
+    fn collection(state: &ClusterState, name: &str) -> Result<CollectionRecord> {
+        state
+            .collections
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("collection {name:?} does not exist")))
+    }
+
+    fn deadline(default: Duration, requested_ms: u32, client_timeout: Option<Duration>) -> Instant {
+        let mut budget = if requested_ms > 0 {
+            Duration::from_millis(u64::from(requested_ms))
+        } else {
+            default
+        };
+        if let Some(client_timeout) = client_timeout {
+            budget = budget.min(client_timeout);
+        }
+        Instant::now() + budget
+    }
+
+    async fn call_search(
+        &self,
+        address: &str,
+        request: ShardSearchRequest,
+        deadline: Instant,
+    ) -> Result<ShardSearchResponse, Status> {
+        let remaining = remaining(deadline)?;
+        let mut client = self.clients.client(address).map_err(Status::from)?;
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(remaining);
+        with_deadline(remaining, client.search(request)).await
+    }
+
+    async fn call_write(
+        &self,
+        address: &str,
+        collection: &str,
+        shard: u32,
+        write: &ReplicaWrite,
+        deadline: Instant,
+    ) -> Result<ReplicaWriteResponse, Status> {
+        let remaining = remaining(deadline)?;
+        let mut client = self.clients.client(address).map_err(Status::from)?;
+        match write {
+            ReplicaWrite::Upsert(points) => {
+                let mut request = tonic::Request::new(ReplicaUpsertRequest {
+                    collection: collection.to_string(),
+                    shard,
+                    points: points.clone(),
+                });
+                request.set_timeout(remaining);
+                with_deadline(remaining, client.upsert(request)).await
+            }
+            ReplicaWrite::Delete(ids) => {
+                let mut request = tonic::Request::new(ReplicaDeleteRequest {
+                    collection: collection.to_string(),
+                    shard,
+                    ids: ids.clone(),
+                });
+                request.set_timeout(remaining);
+                with_deadline(remaining, client.delete(request)).await
+            }
+        }
+    }
+
+    /// Sends each shard's part of a write to every replica of that shard at once. The write
+    /// is acknowledged only if every shard has at least one replica that made it durable.
+    async fn write_to_shards(
+        &self,
+        state: &ClusterState,
+        collection: &str,
+        parts: BTreeMap<u32, ReplicaWrite>,
+        deadline: Instant,
+    ) -> Result<BTreeMap<u32, ShardWriteOutcome>> {
+        let mut calls = Vec::new();
+        let mut outcomes: BTreeMap<u32, ShardWriteOutcome> = BTreeMap::new();
+        for (shard, write) in &parts {
+            let outcome = outcomes.entry(*shard).or_default();
+            let targets = routing::write_targets(state, collection, *shard);
+            if targets.is_empty() {
+                outcome.failures.push(ReplicaFailure {
+                    shard: *shard,
+                    searcher_id: String::new(),
+                    code: code_name(Code::Unavailable).into(),
+                    message: "the shard has no assignment".into(),
+                });
+            }
+            for target in targets {
+                match target {
+                    Ok((searcher_id, address)) => calls.push(async move {
+                        let result = self
+                            .call_write(&address, collection, *shard, write, deadline)
+                            .await;
+                        (*shard, searcher_id, result)
+                    }),
+                    Err(searcher_id) => outcome.failures.push(ReplicaFailure {
+                        shard: *shard,
+                        searcher_id,
+                        code: code_name(Code::Unavailable).into(),
+                        message: "searcher is not live".into(),
+                    }),
+                }
+            }
+        }
+        for (shard, searcher_id, result) in join_all(calls).await {
+            let outcome = outcomes.entry(shard).or_default();
+            match result {
+                Ok(response) => {
+                    outcome.succeeded += 1;
+                    outcome.affected = outcome.affected.max(response.affected);
+                }
+                Err(status) => {
+                    tracing::warn!(%collection, shard, %searcher_id, code = ?status.code(), message = status.message(), "replica write failed");
+                    outcome.failures.push(ReplicaFailure {
+                        shard,
+                        searcher_id,
+                        code: code_name(status.code()).into(),
+                        message: status.message().to_string(),
+                    });
+                }
+            }
+        }
+        let unacknowledged: Vec<&ShardWriteOutcome> = outcomes
+            .values()
+            .filter(|outcome| outcome.succeeded == 0)
+            .collect();
+        if unacknowledged.is_empty() {
+            return Ok(outcomes);
+        }
+        let failures: Vec<&ReplicaFailure> = unacknowledged
+            .iter()
+            .flat_map(|outcome| outcome.failures.iter())
+            .collect();
+        // One shared answer about the request itself (say INVALID_ARGUMENT) passes through;
+        // anything else means replicas were unreachable, which a retry may fix.
+        let codes: HashSet<&str> = failures
+            .iter()
+            .map(|failure| failure.code.as_str())
+            .collect();
+        let code = match codes.iter().next() {
+            Some(only) if codes.len() == 1 => code_from_name(only),
+            _ => Code::Unavailable,
+        };
+        let detail: Vec<String> = failures
+            .iter()
+            .map(|failure| {
+                format!(
+                    "shard {} on {}: {} {}",
+                    failure.shard,
+                    if failure.searcher_id.is_empty() {
+                        "-"
+                    } else {
+                        &failure.searcher_id
+                    },
+                    failure.code,
+                    failure.message
+                )
+            })
+            .collect();
+        Err(Error::Searcher {
+            code,
+            message: format!(
+                "write not acknowledged: {} shard(s) have no replica that took it ({}); writes are idempotent, retry the request",
+                unacknowledged.len(),
+                detail.join("; ")
+            ),
+        })
+    }
+}
+
+fn remaining(deadline: Instant) -> Result<Duration, Status> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return Err(Status::deadline_exceeded("the request's deadline passed"));
+    }
+    Ok(remaining)
+}
+
+/// Bounds a call locally too: the server-side timeout does not cover connecting.
+async fn with_deadline<T>(
+    budget: Duration,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(budget, call).await {
+        Ok(result) => result.map(tonic::Response::into_inner),
+        Err(_) => Err(Status::deadline_exceeded("the request's deadline passed")),
+    }
+}
+
+fn metric_from_proto(metric: i32) -> Result<Metric> {
+    match v1::Metric::try_from(metric) {
+        Ok(v1::Metric::L2) => Ok(Metric::L2),
+        Ok(v1::Metric::InnerProduct) => Ok(Metric::InnerProduct),
+        Ok(v1::Metric::Cosine) => Ok(Metric::Cosine),
+        Ok(v1::Metric::Unspecified) => Err(Error::InvalidArgument(
+            "metric is required: METRIC_L2, METRIC_INNER_PRODUCT or METRIC_COSINE".into(),
+        )),
+        Err(_) => Err(Error::InvalidArgument(format!(
+            "unknown metric value {metric}"
+        ))),
+    }
+}
+
+fn metric_to_proto(metric: Metric) -> v1::Metric {
+    match metric {
+        Metric::L2 => v1::Metric::L2,
+        Metric::InnerProduct => v1::Metric::InnerProduct,
+        Metric::Cosine => v1::Metric::Cosine,
+    }
+}
+
+fn config_of(record: &CollectionRecord) -> CollectionConfig {
+    CollectionConfig {
+        name: record.name.clone(),
+        dimension: record.dimension,
+        metric: metric_to_proto(record.metric) as i32,
+        num_shards: record.num_shards,
+        replication_factor: record.replication_factor,
+        index_spec: record.index_spec.clone(),
+    }
+}
+
+fn replica_state(
+    state: &ClusterState,
+    collection: &str,
+    shard: u32,
+    searcher: &str,
+) -> v1::ReplicaState {
+    if !state.searchers.contains_key(searcher) {
+        return v1::ReplicaState::Offline;
+    }
+    match state
+        .replica(collection, shard, searcher)
+        .map(|record| &record.state)
+    {
+        Some(ReplicaPhase::Booting) => v1::ReplicaState::Booting,
+        Some(ReplicaPhase::Active) => v1::ReplicaState::Active,
+        Some(ReplicaPhase::Draining) => v1::ReplicaState::Draining,
+        None => v1::ReplicaState::Offline,
+    }
+}
+
+pub fn describe(state: &ClusterState, name: &str) -> Option<CollectionDescription> {
+    let record = state.collections.get(name)?;
+    let shards = (0..record.num_shards)
+        .map(|shard| ShardDescription {
+            shard,
+            replicas: state
+                .assignment(name, shard)
+                .map(|assignment| {
+                    assignment
+                        .replicas
+                        .iter()
+                        .map(|searcher_id| {
+                            let reported = state.replica(name, shard, searcher_id);
+                            ReplicaDescription {
+                                searcher_id: searcher_id.clone(),
+                                address: state
+                                    .searchers
+                                    .get(searcher_id)
+                                    .map(|searcher| searcher.address.clone())
+                                    .unwrap_or_default(),
+                                state: replica_state(state, name, shard, searcher_id) as i32,
+                                point_count: reported.map_or(0, |record| record.point_count),
+                                applied_seq: reported.map_or(0, |record| record.applied_seq),
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect();
+    Some(CollectionDescription {
+        config: Some(config_of(record)),
+        shards,
+    })
+}
+
+fn all_replicas_active(state: &ClusterState, name: &str) -> bool {
+    let Some(record) = state.collections.get(name) else {
+        return false;
+    };
+    (0..record.num_shards).all(|shard| {
+        state.assignment(name, shard).is_some_and(|assignment| {
+            assignment.replicas.iter().all(|searcher| {
+                replica_state(state, name, shard, searcher) == v1::ReplicaState::Active
+            })
+        })
+    })
+}
+
+#[async_trait]
+impl MergerService for Merger {
+    async fn create_collection(
+        &self,
+        request: CreateCollectionRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<CreateCollectionResponse> {
+        let config = request
+            .config
+            .ok_or_else(|| Error::InvalidArgument("config is required".into()))?;
+        let metric = metric_from_proto(config.metric)?;
+        let index_spec: IndexSpec = config
+            .index_spec
+            .parse()
+            .map_err(|error: quiver_index::Error| Error::InvalidArgument(error.to_string()))?;
+        let record = CollectionRecord {
+            name: config.name.clone(),
+            dimension: config.dimension,
+            metric,
+            num_shards: config.num_shards.max(1),
+            replication_factor: config.replication_factor.max(1),
+            index_spec: index_spec.to_string(),
+            created_at: now_rfc3339(),
+        };
+        let state = self.view.current();
+        let live: Vec<String> = state.searchers.keys().cloned().collect();
+        catalog::create_collection(&*self.store, &self.schema, &record, &live).await?;
+        tracing::info!(
+            collection = %record.name,
+            shards = record.num_shards,
+            replication_factor = record.replication_factor,
+            "collection created"
+        );
+        let wait = client_timeout.map_or(self.config.create_wait, |timeout| {
+            timeout.min(self.config.create_wait)
+        });
+        let name = record.name.clone();
+        let state = match self
+            .view
+            .wait_until(wait, |state| all_replicas_active(state, &name))
+            .await
+        {
+            Ok(state) => state,
+            Err(_) => {
+                tracing::warn!(collection = %name, "not every replica became ACTIVE in time");
+                self.view.current()
+            }
+        };
+        let collection = describe(&state, &record.name).unwrap_or(CollectionDescription {
+            config: Some(config_of(&record)),
+            shards: Vec::new(),
+        });
+        Ok(CreateCollectionResponse {
+            collection: Some(collection),
+        })
+    }
+
+    async fn drop_collection(&self, name: &str) -> Result<DropCollectionResponse> {
+        catalog::drop_collection(&*self.store, &self.schema, name).await?;
+        tracing::info!(collection = %name, "collection dropped");
+        Ok(DropCollectionResponse {})
+    }
+
+    async fn list_collections(&self) -> Result<ListCollectionsResponse> {
+        let state = self.view.current();
+        Ok(ListCollectionsResponse {
+            collections: state.collections.values().map(config_of).collect(),
+        })
+    }
+
+    async fn describe_collection(&self, name: &str) -> Result<DescribeCollectionResponse> {
+        let state = self.view.current();
+        let collection = describe(&state, name)
+            .ok_or_else(|| Error::NotFound(format!("collection {name:?} does not exist")))?;
+        Ok(DescribeCollectionResponse {
+            collection: Some(collection),
+        })
+    }
+
+    async fn upsert(
+        &self,
+        request: UpsertRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<UpsertResponse> {
+        let state = self.view.current();
+        let collection = Self::collection(&state, &request.collection)?;
+        let payloads = validate::points(&collection, &request.points)?;
+        let deadline = Self::deadline(self.config.write_timeout, 0, client_timeout);
+        let total = request.points.len() as u32;
+        let mut parts: BTreeMap<u32, Vec<Point>> = BTreeMap::new();
+        for (mut point, payload) in request.points.into_iter().zip(payloads) {
+            point.payload_json = payload.unwrap_or_default();
+            parts
+                .entry(shard_of(&point.id, collection.num_shards))
+                .or_default()
+                .push(point);
+        }
+        let parts = parts
+            .into_iter()
+            .map(|(shard, points)| (shard, ReplicaWrite::Upsert(points)))
+            .collect();
+        let outcomes = self
+            .write_to_shards(&state, &collection.name, parts, deadline)
+            .await?;
+        Ok(UpsertResponse {
+            upserted: total,
+            failed_replicas: outcomes
+                .into_values()
+                .flat_map(|outcome| outcome.failures)
+                .collect(),
+        })
+    }
+
+    async fn delete(
+        &self,
+        request: DeleteRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<DeleteResponse> {
+        let state = self.view.current();
+        let collection = Self::collection(&state, &request.collection)?;
+        validate::ids(&request.ids)?;
+        let deadline = Self::deadline(self.config.write_timeout, 0, client_timeout);
+        let mut parts: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for id in request.ids {
+            parts
+                .entry(shard_of(&id, collection.num_shards))
+                .or_default()
+                .push(id);
+        }
+        let parts = parts
+            .into_iter()
+            .map(|(shard, ids)| (shard, ReplicaWrite::Delete(ids)))
+            .collect();
+        let outcomes = self
+            .write_to_shards(&state, &collection.name, parts, deadline)
+            .await?;
+        Ok(DeleteResponse {
+            deleted: outcomes.values().map(|outcome| outcome.affected).sum(),
+            failed_replicas: outcomes
+                .into_values()
+                .flat_map(|outcome| outcome.failures)
+                .collect(),
+        })
+    }
+
+    async fn get(
+        &self,
+        request: GetRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<GetResponse> {
+        let state = self.view.current();
+        let collection = Self::collection(&state, &request.collection)?;
+        validate::ids(&request.ids)?;
+        let deadline = Self::deadline(self.config.write_timeout, 0, client_timeout);
+        let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
+        let mut by_shard: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for id in &request.ids {
+            by_shard
+                .entry(shard_of(id, collection.num_shards))
+                .or_default()
+                .push(id.clone());
+        }
+        let lookups = by_shard.into_iter().map(|(shard, ids)| {
+            let replicas = routing::read_order(&state, &collection.name, shard, rotation);
+            let collection_name = collection.name.clone();
+            async move {
+                let mut last_failure = ShardFailure {
+                    shard,
+                    searcher_id: String::new(),
+                    code: code_name(Code::Unavailable).into(),
+                    message: "no ACTIVE replica on a live searcher".into(),
+                };
+                // Replicas are tried one after another: a read needs just one answer.
+                for (searcher_id, address) in replicas {
+                    let result = async {
+                        let budget = remaining(deadline)?;
+                        let mut client = self.clients.client(&address).map_err(Status::from)?;
+                        let mut call = tonic::Request::new(ReplicaGetRequest {
+                            collection: collection_name.clone(),
+                            shard,
+                            ids: ids.clone(),
+                            with_vectors: request.with_vectors,
+                            with_payloads: request.with_payloads,
+                        });
+                        call.set_timeout(budget);
+                        with_deadline(budget, client.get(call)).await
+                    }
+                    .await;
+                    match result {
+                        Ok(response) => return Ok(response.points),
+                        Err(status) => {
+                            let stop = !retryable(status.code());
+                            last_failure = ShardFailure {
+                                shard,
+                                searcher_id,
+                                code: code_name(status.code()).into(),
+                                message: status.message().to_string(),
+                            };
+                            if stop {
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(last_failure)
+            }
+        });
+        let mut found: HashMap<String, Point> = HashMap::new();
+        let mut failed_shards = Vec::new();
+        for outcome in join_all(lookups).await {
+            match outcome {
+                Ok(points) => {
+                    found.extend(points.into_iter().map(|point| (point.id.clone(), point)))
+                }
+                Err(failure) => failed_shards.push(failure),
+            }
+        }
+        if found.is_empty() && !failed_shards.is_empty() {
+            let failure = &failed_shards[0];
+            return Err(Error::Searcher {
+                code: match code_from_name(&failure.code) {
+                    Code::DeadlineExceeded => Code::DeadlineExceeded,
+                    _ => Code::Unavailable,
+                },
+                message: format!(
+                    "no shard answered; shard {}: {}",
+                    failure.shard, failure.message
+                ),
+            });
+        }
+        let points = request
+            .ids
+            .iter()
+            .filter_map(|id| found.remove(id))
+            .collect();
+        Ok(GetResponse {
+            points,
+            failed_shards,
+        })
+    }
+
+    async fn search(
+        &self,
+        request: SearchRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<SearchResponse> {
+        let state = self.view.current();
+        let collection = Self::collection(&state, &request.collection)?;
+        validate::search(&collection, &request.queries, request.k, &request.shards)?;
+        let deadline = Self::deadline(
+            self.config.search_timeout,
+            request.timeout_ms,
+            client_timeout,
+        );
+        let shards: Vec<u32> = if request.shards.is_empty() {
+            (0..collection.num_shards).collect()
+        } else {
+            request.shards.clone()
+        };
+        let query_count = request.queries.len();
+        let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
+        let template = ShardSearchRequest {
+            collection: collection.name.clone(),
+            shards: Vec::new(),
+            queries: request.queries,
+            k: request.k,
+            with_payloads: request.with_payloads,
+            with_vectors: request.with_vectors,
+            params: request.params,
+        };
+
+        let mut tried: HashMap<u32, HashSet<String>> = HashMap::new();
+        let mut pending = shards.clone();
+        let mut answered: HashSet<u32> = HashSet::new();
+        let mut failures: BTreeMap<u32, ShardFailure> = BTreeMap::new();
+        let mut per_query: Vec<Vec<Vec<ScoredPoint>>> = vec![Vec::new(); query_count];
+
+        // A first round, then one retry of the shards that failed in a way another replica
+        // may not, as long as time is left.
+        for attempt in 0..2u64 {
+            if pending.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            let plan = routing::plan_search(
+                &state,
+                &collection.name,
+                &pending,
+                rotation.wrapping_add(attempt),
+                |shard| tried.get(&shard).cloned().unwrap_or_default(),
+            );
+            for (shard, reason) in plan.unroutable {
+                failures.entry(shard).or_insert(ShardFailure {
+                    shard,
+                    searcher_id: String::new(),
+                    code: code_name(Code::Unavailable).into(),
+                    message: reason,
+                });
+            }
+            let calls = plan
+                .calls
+                .into_iter()
+                .map(|(searcher_id, (address, call_shards))| {
+                    for shard in &call_shards {
+                        tried.entry(*shard).or_default().insert(searcher_id.clone());
+                    }
+                    let mut call = template.clone();
+                    call.shards = call_shards.clone();
+                    async move {
+                        let result = self.call_search(&address, call, deadline).await;
+                        (searcher_id, call_shards, result)
+                    }
+                });
+            let outcomes = join_all(calls).await;
+            pending.clear();
+            for (searcher_id, call_shards, result) in outcomes {
+                match result {
+                    Ok(response) => {
+                        for shard in &response.searched_shards {
+                            answered.insert(*shard);
+                            failures.remove(shard);
+                        }
+                        for failure in response.failed_shards {
+                            if retryable(code_from_name(&failure.code)) {
+                                pending.push(failure.shard);
+                            }
+                            failures.insert(failure.shard, failure);
+                        }
+                        for (query, result) in response.results.into_iter().enumerate() {
+                            if let Some(lists) = per_query.get_mut(query) {
+                                lists.push(result.neighbors);
+                            }
+                        }
+                    }
+                    Err(status) => {
+                        tracing::warn!(
+                            collection = %collection.name,
+                            %searcher_id,
+                            code = ?status.code(),
+                            message = status.message(),
+                            "searcher call failed"
+                        );
+                        for shard in call_shards {
+                            if retryable(status.code()) {
+                                pending.push(shard);
+                            }
+                            failures.insert(
+                                shard,
+                                ShardFailure {
+                                    shard,
+                                    searcher_id: searcher_id.clone(),
+                                    code: code_name(status.code()).into(),
+                                    message: status.message().to_string(),
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        }
+
+        if answered.is_empty() {
+            let all_timed_out = failures
+                .values()
+                .all(|failure| failure.code == code_name(Code::DeadlineExceeded));
+            let first = failures.values().next();
+            let message = format!(
+                "no shard answered ({} shard(s) failed{})",
+                failures.len(),
+                first.map_or(String::new(), |failure| format!(
+                    "; shard {}: {} {}",
+                    failure.shard, failure.code, failure.message
+                ))
+            );
+            return Err(if all_timed_out && !failures.is_empty() {
+                Error::DeadlineExceeded(message)
+            } else {
+                Error::Unavailable(message)
+            });
+        }
+        if request.require_all_shards && !failures.is_empty() {
+            let missing: Vec<String> = failures.keys().map(u32::to_string).collect();
+            return Err(Error::Unavailable(format!(
+                "shards {} did not answer and require_all_shards is set",
+                missing.join(", ")
+            )));
+        }
+
+        let results = per_query
+            .into_iter()
+            .map(|lists| merge_query(collection.metric, request.k as usize, lists))
+            .collect();
+        Ok(SearchResponse {
+            results,
+            shards_total: shards.len() as u32,
+            shards_answered: answered.len() as u32,
+            failed_shards: failures.into_values().collect(),
+        })
+    }
+
+    async fn cluster_status(&self) -> Result<ClusterStatusResponse> {
+        let state = self.view.current();
+        let mut replica_counts: HashMap<&str, u32> = HashMap::new();
+        for (_, _, searcher) in state.replicas.keys() {
+            *replica_counts.entry(searcher.as_str()).or_default() += 1;
+        }
+        let searchers = state
+            .searchers
+            .values()
+            .map(|searcher| SearcherDescription {
+                id: searcher.id.clone(),
+                address: searcher.address.clone(),
+                version: searcher.version.clone(),
+                started_at: searcher.started_at.clone(),
+                replica_count: replica_counts
+                    .get(searcher.id.as_str())
+                    .copied()
+                    .unwrap_or(0),
+            })
+            .collect();
+        let collections = state
+            .collections
+            .values()
+            .map(|record| {
+                let mut serving = 0;
+                let mut fully_replicated = 0;
+                for shard in 0..record.num_shards {
+                    let active = state.active_replicas(&record.name, shard).len();
+                    let assigned = state
+                        .assignment(&record.name, shard)
+                        .map_or(0, |assignment| assignment.replicas.len());
+                    if active > 0 {
+                        serving += 1;
+                    }
+                    if assigned > 0 && active == assigned {
+                        fully_replicated += 1;
+                    }
+                }
+                CollectionHealth {
+                    name: record.name.clone(),
+                    num_shards: record.num_shards,
+                    serving_shards: serving,
+                    fully_replicated_shards: fully_replicated,
+                }
+            })
+            .collect();
+        Ok(ClusterStatusResponse {
+            searchers,
+            collections,
+            revision: state.revision,
+        })
+    }
+}
+
+/// The exact global top k of one query from each Searcher's local top k: every global
+/// winner is in the local top k of the shard that holds it, so nothing is missed.
+fn merge_query(metric: Metric, k: usize, lists: Vec<Vec<ScoredPoint>>) -> QueryResult {
+    let mut details: HashMap<String, ScoredPoint> = HashMap::new();
+    let neighbor_lists: Vec<Vec<Neighbor<String>>> = lists
+        .into_iter()
+        .map(|list| {
+            list.into_iter()
+                .map(|point| {
+                    let neighbor = Neighbor {
+                        id: point.id.clone(),
+                        score: point.score,
+                    };
+                    details.entry(point.id.clone()).or_insert(point);
+                    neighbor
+                })
+                .collect()
+        })
+        .collect();
+    let neighbors = merge_top_k(metric, k, neighbor_lists)
+        .into_iter()
+        .filter_map(|neighbor| {
+            let mut point = details.remove(&neighbor.id)?;
+            point.score = neighbor.score;
+            Some(point)
+        })
+        .collect();
+    QueryResult { neighbors }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scored(id: &str, score: f32) -> ScoredPoint {
+        ScoredPoint {
+            id: id.into(),
+            score,
+            vector: Vec::new(),
+            payload_json: String::new(),
+        }
+    }
+
+    fn ids(result: &QueryResult) -> Vec<(&str, f32)> {
+        result
+            .neighbors
+            .iter()
+            .map(|point| (point.id.as_str(), point.score))
+            .collect()
+    }
+
+    #[test]
+    fn l2_merges_ascending_and_similarity_descending() {
+        let lists = || {
+            vec![
+                vec![scored("a", 1.0), scored("b", 4.0)],
+                vec![scored("c", 2.0), scored("d", 3.0)],
+            ]
+        };
+        assert_eq!(
+            ids(&merge_query(Metric::L2, 3, lists())),
+            vec![("a", 1.0), ("c", 2.0), ("d", 3.0)]
+        );
+        let lists = vec![
+            vec![scored("b", 4.0), scored("a", 1.0)],
+            vec![scored("d", 3.0), scored("c", 2.0)],
+        ];
+        assert_eq!(
+            ids(&merge_query(Metric::InnerProduct, 2, lists)),
+            vec![("b", 4.0), ("d", 3.0)]
+        );
+    }
+
+    #[test]
+    fn duplicates_are_dropped_and_ties_broken_by_id() {
+        let lists = vec![
+            vec![scored("z", 1.0), scored("x", 2.0)],
+            vec![scored("y", 1.0), scored("x", 2.0)],
+        ];
+        assert_eq!(
+            ids(&merge_query(Metric::L2, 10, lists)),
+            vec![("y", 1.0), ("z", 1.0), ("x", 2.0)]
+        );
+    }
+}

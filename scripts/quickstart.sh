@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Quiver in one command: installs what is missing, builds release binaries, starts etcd,
+# 3 Searchers and 1 Merger on 127.0.0.1, loads siftsmall (4 shards, replication factor 2),
+# runs its 100 queries, prints the first query's neighbours, recall@10 against the ground
+# truth and the cluster state in etcd, then stops everything it started (also on Ctrl-C).
+#
+# Environment: QUIVER_DATA (a folder with siftsmall's .fvecs/.ivecs files; default
+# ../shared/data/siftsmall, generated data when absent), QUIVER_KEEP=1 keeps the work
+# folder with data and logs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+source scripts/prerequisites.sh
+quiver_ensure_prerequisites
+
+quiver_log "building release binaries (the first build takes a few minutes)"
+cargo build --release --bins --quiet
+bin="$repo/target/release"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/quiver-quickstart.XXXXXX")
+mkdir -p "$work/logs"
+pids=()
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    if [ "${#pids[@]}" -gt 0 ]; then
+        quiver_log "stopping the cluster"
+        kill -TERM "${pids[@]}" 2>/dev/null || true
+        for _ in $(seq 50); do
+            kill -0 "${pids[@]}" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "${pids[@]}" 2>/dev/null || true
+        wait 2>/dev/null || true
+    fi
+    if [ "${QUIVER_KEEP:-0}" = 1 ]; then
+        quiver_log "kept data and logs in $work"
+    else
+        rm -rf "$work"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() {
+    local port=$1
+    while port_in_use "$port"; do port=$((port + 1)); done
+    echo "$port"
+}
+wait_for_file() {
+    local file=$1 what=$2 log=$3
+    for _ in $(seq 300); do
+        [ -s "$file" ] && return 0
+        sleep 0.1
+    done
+    echo "$what did not become ready; its log:" >&2
+    tail -n 30 "$log" >&2
+    return 1
+}
+
+etcd_port=$(free_port 23790)
+peer_port=$(free_port $((etcd_port + 1)))
+etcd_endpoint="http://127.0.0.1:$etcd_port"
+quiver_log "starting etcd on $etcd_endpoint"
+etcd --name quickstart --data-dir "$work/etcd" \
+    --listen-client-urls "$etcd_endpoint" --advertise-client-urls "$etcd_endpoint" \
+    --listen-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-cluster "quickstart=http://127.0.0.1:$peer_port" --max-txn-ops 2048 \
+    >"$work/logs/etcd.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+    etcdctl --endpoints "$etcd_endpoint" endpoint health >/dev/null 2>&1 && break
+    sleep 0.1
+done
+etcdctl --endpoints "$etcd_endpoint" endpoint health >/dev/null
+
+next_port=$(free_port 7100)
+for number in 1 2 3; do
+    port=$(free_port "$next_port")
+    next_port=$((port + 1))
+    quiver_log "starting quiver-searcher searcher-$number on 127.0.0.1:$port"
+    "$bin/quiver-searcher" --id "searcher-$number" --listen "127.0.0.1:$port" \
+        --etcd-endpoints "$etcd_endpoint" --data-dir "$work/searcher-$number" \
+        --ready-file "$work/searcher-$number.ready" >"$work/logs/searcher-$number.log" 2>&1 &
+    pids+=($!)
+done
+for number in 1 2 3; do
+    wait_for_file "$work/searcher-$number.ready" "searcher-$number" "$work/logs/searcher-$number.log"
+done
+
+merger_port=$(free_port 7000)
+merger="http://127.0.0.1:$merger_port"
+quiver_log "starting quiver-merger on $merger"
+"$bin/quiver-merger" --listen "127.0.0.1:$merger_port" --etcd-endpoints "$etcd_endpoint" \
+    --ready-file "$work/merger.ready" >"$work/logs/merger.log" 2>&1 &
+pids+=($!)
+wait_for_file "$work/merger.ready" "the merger" "$work/logs/merger.log"
+ctl() { "$bin/quiverctl" --merger "$merger" "$@"; }
+
+data=${QUIVER_DATA:-$repo/../shared/data/siftsmall}
+if [ -f "$data/siftsmall_base.fvecs" ]; then
+    base="$data/siftsmall_base.fvecs"
+    queries="$data/siftsmall_query.fvecs"
+    truth="$data/siftsmall_groundtruth.ivecs"
+    quiver_log "using siftsmall from $data"
+else
+    quiver_log "no siftsmall at $data: generating a data set of the same shape"
+    ctl generate-data --out "$work/data" --base 10000 --queries 100 --dimension 128
+    base="$work/data/base.fvecs"
+    queries="$work/data/query.fvecs"
+    truth="$work/data/groundtruth.ivecs"
+fi
+
+quiver_log "creating collection siftsmall: 128 dimensions, L2, 4 shards, replication factor 2"
+ctl create siftsmall --dimension 128 --metric l2 --shards 4 --replication-factor 2
+quiver_log "upserting through the merger"
+ctl load siftsmall --fvecs "$base" --batch 1000
+quiver_log "running the queries"
+ctl search siftsmall --queries "$queries" --groundtruth "$truth" --k 10 --show 1
+quiver_log "cluster status"
+ctl status
+ctl describe siftsmall
+quiver_log "the cluster state in etcd (etcdctl --endpoints $etcd_endpoint get --prefix /quiver/)"
+etcdctl --endpoints "$etcd_endpoint" get --prefix /quiver/ | paste -d ' ' - - | sed 's/^/  /'
+quiver_log "done; stopping everything this script started"

@@ -1,0 +1,61 @@
+use tonic::{Code, Status};
+
+/// Everything the Searcher can fail with; [`From<Error> for Status`] is the one place
+/// where these become gRPC codes.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("replica {collection}/{shard} is not hosted on this searcher")]
+    ReplicaNotHosted { collection: String, shard: u32 },
+    #[error("replica {collection}/{shard} is {state} and not serving yet")]
+    ReplicaNotReady {
+        collection: String,
+        shard: u32,
+        state: &'static str,
+    },
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error(transparent)]
+    Index(#[from] quiver_index::Error),
+    #[error("replica storage at {path}: {source}")]
+    Storage {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("replica storage at {path} is corrupt: {reason}")]
+    Corrupt { path: String, reason: String },
+    #[error(transparent)]
+    Cluster(#[from] quiver_cluster::Error),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn code(&self) -> Code {
+        match self {
+            Error::ReplicaNotHosted { .. } => Code::NotFound,
+            Error::ReplicaNotReady { .. } => Code::Unavailable,
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::Index(error) => match error {
+                quiver_index::Error::DimensionMismatch { .. }
+                | quiver_index::Error::InvalidArgument(_)
+                | quiver_index::Error::InvalidSpec(_) => Code::InvalidArgument,
+                quiver_index::Error::Corrupt(_) => Code::DataLoss,
+                quiver_index::Error::Io(_) => Code::Internal,
+            },
+            Error::Storage { .. } => Code::Internal,
+            Error::Corrupt { .. } => Code::DataLoss,
+            // The Searcher meets etcd only off the request path (registration, watching).
+            Error::Cluster(_) => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Status {
+        Status::new(error.code(), error.to_string())
+    }
+}

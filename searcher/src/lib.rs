@@ -1,0 +1,19 @@
+//! The Quiver Searcher: hosts shard replicas and answers the internal Searcher API.
+//!
+//! - [`replica`]: one replica's index, ids, payloads and durable files ([`wal`]).
+//! - [`service`]: the [`service::SearcherService`] trait and [`service::SearcherNode`].
+//! - [`grpc`]: the thin gRPC adapter.
+//! - [`reconcile`]: follows the assignments in etcd, opening and closing replicas.
+//! - [`server`]: wires one process together.
+
+pub mod error;
+pub mod grpc;
+pub mod point;
+pub mod reconcile;
+pub mod replica;
+pub mod server;
+pub mod service;
+pub mod wal;
+
+pub use error::{Error, Result};
+pub use server::{run, SearcherConfig};

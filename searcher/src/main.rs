@@ -1,0 +1,73 @@
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use quiver_searcher::{run, SearcherConfig};
+
+/// Quiver Searcher: hosts shard replicas of collections and registers itself in etcd.
+#[derive(Debug, Parser)]
+#[command(name = "quiver-searcher", version)]
+struct Args {
+    /// Address to listen on for gRPC.
+    #[arg(long, env = "QUIVER_LISTEN", default_value = "127.0.0.1:7100")]
+    listen: SocketAddr,
+    /// Address Mergers dial (host:port or http://host:port); defaults to the bound address.
+    #[arg(long, env = "QUIVER_ADVERTISE_ADDRESS")]
+    advertise_address: Option<String>,
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        env = "QUIVER_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    etcd_endpoints: Vec<String>,
+    /// Prefix of every key Quiver writes in etcd.
+    #[arg(long, env = "QUIVER_ETCD_PREFIX", default_value = "/quiver/")]
+    etcd_prefix: String,
+    /// Where replicas keep their files.
+    #[arg(long, env = "QUIVER_DATA_DIR", default_value = "./quiver-data")]
+    data_dir: PathBuf,
+    /// Searcher id; defaults to one generated once and kept in the data dir.
+    #[arg(long, env = "QUIVER_SEARCHER_ID")]
+    id: Option<String>,
+    /// Lease TTL in seconds: a Searcher that stops answering vanishes from etcd this long after.
+    #[arg(long, env = "QUIVER_LEASE_TTL_SECS", default_value_t = 10)]
+    lease_ttl_secs: u64,
+    /// Deadline of each etcd call, in milliseconds.
+    #[arg(long, env = "QUIVER_ETCD_TIMEOUT_MS", default_value_t = 5000)]
+    etcd_timeout_ms: u64,
+    /// Write the advertised address to this file once registered and serving.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "QUIVER_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    quiver_cluster::telemetry::init_logging(args.log_json);
+    anyhow::ensure!(
+        args.lease_ttl_secs >= 2,
+        "--lease-ttl-secs must be at least 2"
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let config = SearcherConfig {
+        id: args.id,
+        advertise_address: args.advertise_address,
+        etcd_endpoints: args.etcd_endpoints,
+        etcd_prefix: args.etcd_prefix,
+        data_dir: args.data_dir,
+        lease_ttl: Duration::from_secs(args.lease_ttl_secs),
+        etcd_timeout: Duration::from_millis(args.etcd_timeout_ms),
+        ready_file: args.ready_file,
+    };
+    run(
+        config,
+        listener,
+        quiver_cluster::telemetry::shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! Wires a Searcher process together: etcd connection, cluster view, gRPC server (with the
+//! standard health and reflection services), registration under a lease, the assignment
+//! reconciler, and a graceful stop.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use quiver_cluster::{
+    model::{now_rfc3339, Capacity, SearcherRecord},
+    ClusterView, EtcdStore, KeySchema, MetadataStore, Registration,
+};
+use quiver_proto::v1::searcher_server::SearcherServer;
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::{
+    error::{Error, Result},
+    grpc::SearcherGrpc,
+    reconcile::Reconciler,
+    service::SearcherNode,
+};
+
+#[derive(Debug, Clone)]
+pub struct SearcherConfig {
+    /// Stable identity; when absent, read from (or first written to) `<data_dir>/searcher-id`.
+    pub id: Option<String>,
+    /// The address other processes dial, e.g. `http://10.0.0.7:7100`. When absent it is
+    /// derived from the bound address, which must then be a specific IP.
+    pub advertise_address: Option<String>,
+    pub etcd_endpoints: Vec<String>,
+    pub etcd_prefix: String,
+    pub data_dir: PathBuf,
+    pub lease_ttl: Duration,
+    pub etcd_timeout: Duration,
+    /// Written with the advertised address once the Searcher is registered and serving.
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Serves until `shutdown` completes, then stops gracefully: leaves etcd first so Mergers
+/// stop routing here, finishes requests in flight, and snapshots every replica.
+pub async fn run(
+    config: SearcherConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Storage {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let searcher_id = match &config.id {
+        Some(id) => id.clone(),
+        None => load_or_create_id(&config.data_dir)?,
+    };
+    quiver_cluster::keys::validate_name("searcher id", &searcher_id)?;
+    let bound = listener
+        .local_addr()
+        .map_err(|error| Error::Internal(format!("listener has no local address: {error}")))?;
+    let advertise_address = advertised(&config, bound)?;
+
+    let store: Arc<dyn MetadataStore> =
+        Arc::new(EtcdStore::connect(&config.etcd_endpoints, config.etcd_timeout).await?);
+    let schema = KeySchema::new(&config.etcd_prefix);
+    let view = ClusterView::start(Arc::clone(&store), schema.clone()).await?;
+    let node = Arc::new(SearcherNode::new(
+        searcher_id.clone(),
+        config.data_dir.clone(),
+    ));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_not_serving::<SearcherServer<SearcherGrpc>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(quiver_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|error| Error::Internal(format!("reflection service: {error}")))?;
+    let searcher_service = SearcherServer::new(SearcherGrpc::new(
+        Arc::clone(&node) as Arc<dyn crate::service::SearcherService>,
+        searcher_id.clone(),
+    ))
+    .max_decoding_message_size(quiver_proto::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(quiver_proto::MAX_MESSAGE_BYTES);
+
+    let (stop_server, mut server_stop_signal) = watch::channel(false);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(searcher_service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = server_stop_signal.wait_for(|stop| *stop).await;
+            }),
+    );
+
+    let record = SearcherRecord {
+        id: searcher_id.clone(),
+        address: advertise_address.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at: now_rfc3339(),
+        capacity: Capacity {
+            cpus: std::thread::available_parallelism()
+                .map(|count| count.get() as u32)
+                .unwrap_or(1),
+            memory_bytes: total_memory_bytes(),
+        },
+    };
+    let registration = Arc::new(
+        Registration::register(Arc::clone(&store), schema.clone(), record, config.lease_ttl)
+            .await?,
+    );
+    tracing::info!(searcher_id = %searcher_id, address = %advertise_address, "searcher registered");
+
+    let (stop_reconciler, reconciler_stop_signal) = watch::channel(false);
+    let reconciler = tokio::spawn(
+        Reconciler::new(
+            Arc::clone(&node),
+            view.clone(),
+            Arc::clone(&registration),
+            schema,
+        )
+        .run(reconciler_stop_signal),
+    );
+    health_reporter
+        .set_serving::<SearcherServer<SearcherGrpc>>()
+        .await;
+    if let Some(ready_file) = &config.ready_file {
+        quiver_cluster::telemetry::write_ready_file(ready_file, &advertise_address).map_err(
+            |source| Error::Storage {
+                path: ready_file.display().to_string(),
+                source,
+            },
+        )?;
+    }
+
+    shutdown.await;
+    tracing::info!("searcher stopping");
+    health_reporter
+        .set_not_serving::<SearcherServer<SearcherGrpc>>()
+        .await;
+    let _ = stop_reconciler.send(true);
+    let _ = reconciler.await;
+    match Arc::try_unwrap(registration) {
+        Ok(registration) => {
+            if let Err(error) = registration.shutdown().await {
+                tracing::warn!(%error, "could not revoke the lease; keys expire with it");
+            }
+        }
+        Err(_) => tracing::warn!("registration still shared at stop; keys expire with the lease"),
+    }
+    let _ = stop_server.send(true);
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "grpc server ended with an error"),
+        Err(error) => tracing::warn!(%error, "grpc server task failed"),
+    }
+    checkpoint_all(&node).await;
+    tracing::info!("searcher stopped");
+    Ok(())
+}
+
+async fn checkpoint_all(node: &Arc<SearcherNode>) {
+    for ((collection, shard), hosted) in node.hosted() {
+        let Some(replica) = hosted.replica else {
+            continue;
+        };
+        match tokio::task::spawn_blocking(move || replica.checkpoint()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%collection, shard, %error, "checkpoint at stop failed; the log still holds every write")
+            }
+            Err(error) => tracing::warn!(%collection, shard, %error, "checkpoint task failed"),
+        }
+    }
+}
+
+fn advertised(config: &SearcherConfig, bound: SocketAddr) -> Result<String> {
+    if let Some(address) = &config.advertise_address {
+        return Ok(if address.contains("://") {
+            address.clone()
+        } else {
+            format!("http://{address}")
+        });
+    }
+    if bound.ip().is_unspecified() {
+        return Err(Error::InvalidArgument(format!(
+            "listening on {bound} (all interfaces): pass --advertise-address with the address other processes should dial"
+        )));
+    }
+    Ok(format!("http://{bound}"))
+}
+
+fn load_or_create_id(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join("searcher-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(Error::Storage {
+                path: path.display().to_string(),
+                source,
+            })
+        }
+    }
+    let id = format!(
+        "searcher-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    std::fs::write(&path, format!("{id}\n")).map_err(|source| Error::Storage {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(id)
+}
+
+fn total_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("MemTotal:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024)
+        .unwrap_or(0)
+}
