@@ -47,6 +47,9 @@ pub struct ReplicaConfig {
     pub incarnation: String,
 }
 
+/// A stored point's vector and payload, each present only when asked for.
+pub type PointDetails = (Option<Vec<f32>>, Option<String>);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplicaCounters {
     pub point_count: u64,
@@ -278,7 +281,7 @@ impl Replica {
         id: &str,
         with_vector: bool,
         with_payload: bool,
-    ) -> Result<Option<(Option<Vec<f32>>, Option<String>)>> {
+    ) -> Result<Option<PointDetails>> {
         let data = self.read_data()?;
         let Some(internal) = data.internal_by_id.get(id) else {
             return Ok(None);
