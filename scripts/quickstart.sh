@@ -19,19 +19,27 @@ bin="$repo/target/release"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/quiver-quickstart.XXXXXX")
 mkdir -p "$work/logs"
-pids=()
+etcd_pid=""
+service_pids=()
+stop_processes() {
+    [ "$#" -gt 0 ] || return 0
+    kill -TERM "$@" 2>/dev/null || true
+    for _ in $(seq 100); do
+        kill -0 "$@" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$@" 2>/dev/null || true
+    wait "$@" 2>/dev/null || true
+}
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
-    if [ "${#pids[@]}" -gt 0 ]; then
+    if [ "${#service_pids[@]}" -gt 0 ] || [ -n "$etcd_pid" ]; then
         quiver_log "stopping the cluster"
-        kill -TERM "${pids[@]}" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "${pids[@]}" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "${pids[@]}" 2>/dev/null || true
-        wait 2>/dev/null || true
+        # Services first: a Searcher revokes its lease and snapshots its replicas on SIGTERM,
+        # which needs etcd still up.
+        stop_processes "${service_pids[@]}"
+        [ -z "$etcd_pid" ] || stop_processes "$etcd_pid"
     fi
     if [ "${QUIVER_KEEP:-0}" = 1 ]; then
         quiver_log "kept data and logs in $work"
@@ -70,7 +78,7 @@ etcd --name quickstart --data-dir "$work/etcd" \
     --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
     --initial-cluster "quickstart=http://127.0.0.1:$peer_port" --max-txn-ops 2048 \
     >"$work/logs/etcd.log" 2>&1 &
-pids+=($!)
+etcd_pid=$!
 for _ in $(seq 100); do
     etcdctl --endpoints "$etcd_endpoint" endpoint health >/dev/null 2>&1 && break
     sleep 0.1
@@ -85,7 +93,7 @@ for number in 1 2 3; do
     "$bin/quiver-searcher" --id "searcher-$number" --listen "127.0.0.1:$port" \
         --etcd-endpoints "$etcd_endpoint" --data-dir "$work/searcher-$number" \
         --ready-file "$work/searcher-$number.ready" >"$work/logs/searcher-$number.log" 2>&1 &
-    pids+=($!)
+    service_pids+=($!)
 done
 for number in 1 2 3; do
     wait_for_file "$work/searcher-$number.ready" "searcher-$number" "$work/logs/searcher-$number.log"
@@ -96,7 +104,7 @@ merger="http://127.0.0.1:$merger_port"
 quiver_log "starting quiver-merger on $merger"
 "$bin/quiver-merger" --listen "127.0.0.1:$merger_port" --etcd-endpoints "$etcd_endpoint" \
     --ready-file "$work/merger.ready" >"$work/logs/merger.log" 2>&1 &
-pids+=($!)
+service_pids+=($!)
 wait_for_file "$work/merger.ready" "the merger" "$work/logs/merger.log"
 ctl() { "$bin/quiverctl" --merger "$merger" "$@"; }
 

@@ -10,4 +10,5 @@ quiver_ensure_prerequisites
 quiver_log "building the binaries the integration tests start"
 cargo build --workspace --bins
 quiver_log "running the test suite"
-cargo test --workspace --no-fail-fast "$@"
+# Arguments are test-name filters, e.g. `./scripts/test.sh sigkill`.
+cargo test --workspace --no-fail-fast -- "$@"

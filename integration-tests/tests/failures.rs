@@ -292,3 +292,57 @@ async fn graceful_stop_removes_keys_at_once_and_search_reports_missing_shards() 
         error.message()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_etcd_value_never_deletes_replica_data() {
+    let cluster = Cluster::start(2, 10).await;
+    let mut client = cluster.client().await;
+    client
+        .create_collection(collection_config("keep", 4, v1::Metric::L2, 2, 1))
+        .await
+        .expect("create");
+    let base = dataset::synthetic(100, 4, 9);
+    upsert_rows(&mut client, "keep", &base, 100).await;
+    let good_value = cluster.etcdctl(&["get", "/quiver/collections/keep", "--print-value-only"]);
+
+    // A hand edit gone wrong: the view cannot decode the collection, so Searchers close it.
+    cluster.etcdctl(&["put", "/quiver/collections/keep", "{not json"]);
+    eventually(
+        Duration::from_secs(10),
+        "replicas of keep to close",
+        async || {
+            cluster
+                .etcd_keys("/quiver/replicas/keep/")
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Put right, the replicas reopen from the files they kept.
+    cluster.etcdctl(&["put", "/quiver/collections/keep", good_value.trim()]);
+    let ids: Vec<String> = (0..100).map(|row| row.to_string()).collect();
+    let points = eventually(
+        Duration::from_secs(15),
+        "replicas to reopen with their data",
+        async || {
+            let response = client
+                .get(GetRequest {
+                    collection: "keep".into(),
+                    ids: ids.clone(),
+                    with_vectors: false,
+                    with_payloads: false,
+                })
+                .await
+                .ok()?
+                .into_inner();
+            response.failed_shards.is_empty().then_some(response.points)
+        },
+    )
+    .await;
+    assert_eq!(
+        points.len(),
+        100,
+        "every point survived the malformed value"
+    );
+}

@@ -2,10 +2,12 @@
 //!
 //! The loop wakes on every change of the watched cluster view and on a timer. Newly assigned
 //! replicas are announced BOOTING, opened (log replay) on the blocking pool, then announced
-//! ACTIVE; replicas no longer assigned here are announced DRAINING, closed, their files
-//! removed, and their status key deleted. Status keys live under the Searcher's lease, so a
-//! Searcher that dies takes them with it. Point counts are republished on the timer when
-//! they changed, never on the write path.
+//! ACTIVE; replicas no longer assigned here are announced DRAINING, closed, and their status
+//! key deleted. Their files are deleted only after a fresh etcd read confirms the collection
+//! is gone (or re-created) or the shard moved away: a view that merely lacks the record (a
+//! malformed value, say) must never cost data. Status keys live under the Searcher's lease,
+//! so a Searcher that dies takes them with it. Point counts are republished shortly after
+//! writes (coalesced) and on the timer, never on the write path itself.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -14,8 +16,8 @@ use std::{
 };
 
 use quiver_cluster::{
-    model::{encode, ReplicaRecord},
-    ClusterState, ClusterView, KeySchema, Registration, ReplicaPhase,
+    model::{decode, encode, AssignmentRecord, CollectionRecord, ReplicaRecord},
+    ClusterState, ClusterView, KeySchema, MetadataStore, Registration, ReplicaPhase,
 };
 use tokio::sync::watch;
 
@@ -27,9 +29,12 @@ use crate::{
 /// How often counters are republished and failed opens retried.
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 const OPEN_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+/// Writes arriving within this window share one status update.
+const COUNTER_PUBLISH_DELAY: Duration = Duration::from_millis(300);
 
 pub struct Reconciler {
     node: Arc<SearcherNode>,
+    store: Arc<dyn MetadataStore>,
     view: ClusterView,
     registration: Arc<Registration>,
     schema: KeySchema,
@@ -41,12 +46,14 @@ pub struct Reconciler {
 impl Reconciler {
     pub fn new(
         node: Arc<SearcherNode>,
+        store: Arc<dyn MetadataStore>,
         view: ClusterView,
         registration: Arc<Registration>,
         schema: KeySchema,
     ) -> Reconciler {
         Reconciler {
             node,
+            store,
             view,
             registration,
             schema,
@@ -74,6 +81,9 @@ impl Reconciler {
                     }
                 }
                 _ = ticker.tick() => {}
+                _ = self.node.writes_applied().notified() => {
+                    tokio::time::sleep(COUNTER_PUBLISH_DELAY).await;
+                }
                 _ = shutdown.changed() => {}
             }
         }
@@ -127,7 +137,7 @@ impl Reconciler {
         let opened = tokio::task::spawn_blocking(move || Replica::open(&dir, config)).await;
         match opened {
             Ok(Ok(replica)) => {
-                let counters = replica.counters().unwrap_or(zero_counters());
+                let counters = replica.counters();
                 self.node.set_slot(
                     &collection,
                     shard,
@@ -165,22 +175,59 @@ impl Reconciler {
         );
         self.publish(key, ReplicaPhase::Draining, zero_counters())
             .await;
-        // Searches in flight hold their own Arc; the files go once the last one finishes.
         self.node.set_slot(collection, *shard, None);
-        if let Some(replica) = hosted.replica {
-            let dir = self.node.replica_dir(collection, *shard);
-            let removed = tokio::task::spawn_blocking(move || {
-                drop(replica);
-                std::fs::remove_dir_all(&dir)
-            })
-            .await;
-            if let Ok(Err(error)) = removed {
-                if error.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(%collection, shard, %error, "could not remove replica files");
+        let incarnation = hosted
+            .replica
+            .as_ref()
+            .map(|replica| replica.config().incarnation.clone());
+        // Searches in flight hold their own Arc; the replica closes when the last one ends.
+        drop(hosted);
+        if let Some(incarnation) = incarnation {
+            if self
+                .files_are_obsolete(collection, *shard, &incarnation)
+                .await
+            {
+                let dir = self.node.replica_dir(collection, *shard);
+                match tokio::task::spawn_blocking(move || remove_replica_dir(&dir)).await {
+                    Ok(Ok(())) => tracing::info!(%collection, shard, "replica files removed"),
+                    Ok(Err(error)) => {
+                        tracing::warn!(%collection, shard, %error, "could not remove replica files")
+                    }
+                    Err(error) => tracing::warn!(%collection, shard, %error, "removal task failed"),
                 }
+            } else {
+                tracing::warn!(
+                    %collection,
+                    shard,
+                    "replica closed but its files are kept: etcd does not confirm it is gone"
+                );
             }
         }
         self.unpublish(key).await;
+    }
+
+    /// True only when etcd itself says the files can never be needed again: the collection
+    /// is absent or is a newer incarnation, or this shard is assigned elsewhere. Anything
+    /// uncertain (etcd unreachable, a value that does not decode) keeps the files.
+    async fn files_are_obsolete(&self, collection: &str, shard: u32, incarnation: &str) -> bool {
+        let collection_key = self.schema.collection(collection);
+        let record = match self.store.get(&collection_key).await {
+            Ok(None) => return true,
+            Ok(Some(entry)) => match decode::<CollectionRecord>(&collection_key, &entry.value) {
+                Ok(record) => record,
+                Err(_) => return false,
+            },
+            Err(_) => return false,
+        };
+        if record.created_at != incarnation {
+            return true;
+        }
+        let assignment_key = self.schema.assignment(collection, shard);
+        match self.store.get(&assignment_key).await {
+            Ok(Some(entry)) => decode::<AssignmentRecord>(&assignment_key, &entry.value)
+                .is_ok_and(|assignment| !assignment.replicas.iter().any(|id| id == self.node.id())),
+            _ => false,
+        }
     }
 
     async fn publish_counters(&mut self) {
@@ -188,10 +235,8 @@ impl Reconciler {
             let (ReplicaPhase::Active, Some(replica)) = (hosted.phase, hosted.replica) else {
                 continue;
             };
-            let Ok(counters) = replica.counters() else {
-                continue;
-            };
-            self.publish(&key, ReplicaPhase::Active, counters).await;
+            self.publish(&key, ReplicaPhase::Active, replica.counters())
+                .await;
         }
     }
 
@@ -257,6 +302,26 @@ pub fn desired_replicas(
             Some(((collection, shard), config))
         })
         .collect()
+}
+
+/// Renames the directory aside first, so a crash midway never leaves a half-deleted replica
+/// under its real name, then deletes it.
+fn remove_replica_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let trash = dir.with_file_name(format!(
+        ".trash-{}-{}",
+        dir.file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or("replica"),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::rename(dir, &trash)?;
+    if let Some(parent) = dir.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    std::fs::remove_dir_all(&trash)
 }
 
 fn zero_counters() -> ReplicaCounters {

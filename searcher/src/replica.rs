@@ -16,7 +16,10 @@ use std::{
     fs,
     io::{self, Write},
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    },
 };
 
 use quiver_index::{
@@ -83,6 +86,10 @@ pub struct Replica {
     /// Serialises writers: a record is appended and applied under this lock, so the log
     /// order is the apply order. Searches never take it.
     wal: Mutex<WalState>,
+    /// Mirrors of the data's counters, readable from async code without taking the data
+    /// lock (which a long search batch may hold).
+    point_count: AtomicU64,
+    applied_seq: AtomicU64,
 }
 
 impl Replica {
@@ -90,7 +97,7 @@ impl Replica {
     /// and replays its log. Slow for large replicas: call from a blocking context.
     pub fn open(dir: &Path, config: ReplicaConfig) -> Result<Replica> {
         let index_spec: IndexSpec = config.index_spec.parse()?;
-        fs::create_dir_all(dir).map_err(|source| storage(dir, source))?;
+        create_dir_all_durably(dir)?;
         prepare_directory(dir, &config)?;
 
         let snapshot_dir = dir.join("snapshot");
@@ -107,7 +114,19 @@ impl Replica {
         };
 
         let wal_path = dir.join("wal.log");
-        let (wal, records) = Wal::open(&wal_path).map_err(|source| storage(&wal_path, source))?;
+        let (wal, records) = Wal::open(&wal_path).map_err(|source| {
+            if source.kind() == io::ErrorKind::InvalidData {
+                Error::Corrupt {
+                    path: wal_path.display().to_string(),
+                    reason: source.to_string(),
+                }
+            } else {
+                storage(&wal_path, source)
+            }
+        })?;
+        // The log file may be new: its directory entry must be durable before any write
+        // in it is acknowledged.
+        sync_dir(dir)?;
         let mut replayed = 0usize;
         for record in records {
             if record.seq <= data.applied_seq {
@@ -125,12 +144,15 @@ impl Replica {
             "replica opened"
         );
         let last_seq = data.applied_seq;
+        let point_count = data.points.len() as u64;
         Ok(Replica {
             config,
             index_spec,
             dir: dir.to_path_buf(),
             data: RwLock::new(data),
             wal: Mutex::new(WalState { wal, last_seq }),
+            point_count: AtomicU64::new(point_count),
+            applied_seq: AtomicU64::new(last_seq),
         })
     }
 
@@ -138,12 +160,12 @@ impl Replica {
         &self.config
     }
 
-    pub fn counters(&self) -> Result<ReplicaCounters> {
-        let data = self.read_data()?;
-        Ok(ReplicaCounters {
-            point_count: data.points.len() as u64,
-            applied_seq: data.applied_seq,
-        })
+    /// Lock-free, so async code may call it.
+    pub fn counters(&self) -> ReplicaCounters {
+        ReplicaCounters {
+            point_count: self.point_count.load(Ordering::Acquire),
+            applied_seq: self.applied_seq.load(Ordering::Acquire),
+        }
     }
 
     /// Makes the points durable, then visible. The whole batch is validated first, so a
@@ -170,7 +192,7 @@ impl Replica {
         };
         // Deleting nothing needs no log record; the answer is the same.
         if existing == 0 {
-            return Ok((0, self.counters()?));
+            return Ok((0, self.counters()));
         }
         let counters = self.write(WalOp::Delete(ids))?;
         Ok((existing, counters))
@@ -194,13 +216,27 @@ impl Replica {
         let counters = {
             let mut data = self.write_data()?;
             data.apply(record.seq, record.op)?;
-            ReplicaCounters {
+            let counters = ReplicaCounters {
                 point_count: data.points.len() as u64,
                 applied_seq: data.applied_seq,
-            }
+            };
+            self.point_count
+                .store(counters.point_count, Ordering::Release);
+            self.applied_seq
+                .store(counters.applied_seq, Ordering::Release);
+            counters
         };
         if wal_state.wal.len_bytes() >= CHECKPOINT_WAL_BYTES {
-            self.checkpoint_locked(&mut wal_state)?;
+            // The write is already durable in the log; a failed checkpoint only means a
+            // longer replay, so it must not turn this acknowledged write into an error.
+            if let Err(error) = self.checkpoint_locked(&mut wal_state) {
+                tracing::error!(
+                    collection = %self.config.collection,
+                    shard = self.config.shard,
+                    %error,
+                    "checkpoint failed; the log keeps every write and grows until one succeeds"
+                );
+            }
         }
         Ok(counters)
     }
@@ -221,7 +257,9 @@ impl Replica {
         let temporary = self.dir.join("snapshot.tmp");
         let current = self.dir.join("snapshot");
         let previous = self.dir.join("snapshot.old");
-        remove_dir_if_exists(&temporary)?;
+        // An earlier checkpoint that failed between its renames left `snapshot.old` as the
+        // only complete snapshot: put it back before anything is deleted.
+        recover_interrupted_checkpoint(&self.dir)?;
         {
             let data = self.read_data()?;
             data.index.save(&temporary.join("index"))?;
@@ -299,13 +337,6 @@ impl Replica {
             None
         };
         Ok(Some((vector, payload)))
-    }
-
-    /// Deletes the replica's files; used when its collection is dropped or it moved away.
-    pub fn destroy(self) -> Result<()> {
-        let dir = self.dir.clone();
-        drop(self);
-        remove_dir_if_exists(&dir)
     }
 
     fn validate_point(&self, point: &PointData) -> Result<()> {
@@ -393,17 +424,20 @@ fn prepare_directory(dir: &Path, config: &ReplicaConfig) -> Result<()> {
                 dir = %dir.display(),
                 "replica files belong to another collection incarnation; discarding them"
             );
-            for entry in fs::read_dir(dir).map_err(|source| storage(dir, source))? {
-                let path = entry.map_err(|source| storage(dir, source))?.path();
-                if path.is_dir() {
-                    fs::remove_dir_all(&path)
-                } else {
-                    fs::remove_file(&path)
-                }
-                .map_err(|source| storage(&path, source))?;
+            remove_dir_contents(dir)?;
+        }
+        // Files without an identity are the remains of an interrupted removal or of another
+        // incarnation: serving them could return another collection's points.
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            if fs::read_dir(dir)
+                .map_err(|source| storage(dir, source))?
+                .next()
+                .is_some()
+            {
+                tracing::warn!(dir = %dir.display(), "replica files without replica.json; discarding them");
+                remove_dir_contents(dir)?;
             }
         }
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
         Err(source) => return Err(storage(&identity_path, source)),
     }
     let json = serde_json::to_vec_pretty(config)
@@ -524,6 +558,41 @@ fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+fn remove_dir_contents(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).map_err(|source| storage(dir, source))? {
+        let path = entry.map_err(|source| storage(dir, source))?.path();
+        if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        }
+        .map_err(|source| storage(&path, source))?;
+    }
+    Ok(())
+}
+
+/// Creates `dir` and any missing parents, fsyncing each parent that gained an entry, so a
+/// replica directory created before an acknowledged write survives a power loss.
+fn create_dir_all_durably(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        if !parent.as_os_str().is_empty() {
+            create_dir_all_durably(parent)?;
+        }
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(source) => return Err(storage(dir, source)),
+    }
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
+        _ => Ok(()),
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)
         .and_then(|handle| handle.sync_all())
@@ -597,7 +666,7 @@ mod tests {
         }
         let replica = Replica::open(dir.path(), config(Metric::L2)).unwrap();
         assert_eq!(
-            replica.counters().unwrap(),
+            replica.counters(),
             ReplicaCounters {
                 point_count: 2,
                 applied_seq: 3
@@ -622,7 +691,7 @@ mod tests {
                 .unwrap();
         }
         let replica = Replica::open(dir.path(), config(Metric::L2)).unwrap();
-        assert_eq!(replica.counters().unwrap().applied_seq, 2);
+        assert_eq!(replica.counters().applied_seq, 2);
         assert_eq!(ids(&replica, [2.0, 2.0, 2.0], 5), vec!["b", "a"]);
     }
 
@@ -641,8 +710,70 @@ mod tests {
             .upsert(vec![point("nan", [f32::NAN, 0.0, 0.0], None)])
             .unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument);
-        assert_eq!(replica.counters().unwrap().point_count, 0);
-        assert_eq!(replica.counters().unwrap().applied_seq, 0);
+        assert_eq!(replica.counters().point_count, 0);
+        assert_eq!(replica.counters().applied_seq, 0);
+    }
+
+    #[test]
+    fn a_checkpoint_interrupted_between_its_renames_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let replica = Replica::open(dir.path(), config(Metric::L2)).unwrap();
+            replica
+                .upsert(vec![point("a", [1.0, 1.0, 1.0], None)])
+                .unwrap();
+            replica.checkpoint().unwrap();
+            replica
+                .upsert(vec![point("b", [2.0, 2.0, 2.0], None)])
+                .unwrap();
+            // A crash after `snapshot` became `snapshot.old` and before the new one moved in.
+            fs::rename(dir.path().join("snapshot"), dir.path().join("snapshot.old")).unwrap();
+            replica
+                .upsert(vec![point("c", [3.0, 3.0, 3.0], None)])
+                .unwrap();
+        }
+        let replica = Replica::open(dir.path(), config(Metric::L2)).unwrap();
+        assert_eq!(replica.counters().point_count, 3);
+        assert_eq!(ids(&replica, [0.0, 0.0, 0.0], 5), vec!["a", "b", "c"]);
+        fs::rename(dir.path().join("snapshot"), dir.path().join("snapshot.old")).unwrap();
+        replica.checkpoint().unwrap();
+        drop(replica);
+        let replica = Replica::open(dir.path(), config(Metric::L2)).unwrap();
+        assert_eq!(replica.counters().point_count, 3);
+    }
+
+    #[test]
+    fn files_without_an_identity_are_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let replica = Replica::open(dir.path(), config(Metric::L2)).unwrap();
+            replica
+                .upsert(vec![point("a", [1.0, 1.0, 1.0], None)])
+                .unwrap();
+            replica.checkpoint().unwrap();
+        }
+        fs::remove_file(dir.path().join("replica.json")).unwrap();
+        let replica = Replica::open(dir.path(), config(Metric::L2)).unwrap();
+        assert_eq!(replica.counters().point_count, 0);
+    }
+
+    #[test]
+    fn a_corrupt_log_record_in_the_middle_is_data_loss_not_silence() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let replica = Replica::open(dir.path(), config(Metric::L2)).unwrap();
+            for index in 0..3 {
+                replica
+                    .upsert(vec![point(&index.to_string(), [1.0, 1.0, 1.0], None)])
+                    .unwrap();
+            }
+        }
+        let wal_path = dir.path().join("wal.log");
+        let mut bytes = fs::read(&wal_path).unwrap();
+        bytes[12] ^= 0xFF;
+        fs::write(&wal_path, &bytes).unwrap();
+        let error = Replica::open(dir.path(), config(Metric::L2)).err().unwrap();
+        assert_eq!(error.code(), tonic::Code::DataLoss);
     }
 
     #[test]
@@ -657,6 +788,6 @@ mod tests {
         let mut recreated = config(Metric::L2);
         recreated.incarnation = "2026-02-02T00:00:00Z".into();
         let replica = Replica::open(dir.path(), recreated).unwrap();
-        assert_eq!(replica.counters().unwrap().point_count, 0);
+        assert_eq!(replica.counters().point_count, 0);
     }
 }

@@ -52,6 +52,7 @@ pub async fn run(
         path: config.data_dir.display().to_string(),
         source,
     })?;
+    sweep_trash(&config.data_dir);
     let searcher_id = match &config.id {
         Some(id) => id.clone(),
         None => load_or_create_id(&config.data_dir)?,
@@ -121,6 +122,7 @@ pub async fn run(
     let reconciler = tokio::spawn(
         Reconciler::new(
             Arc::clone(&node),
+            Arc::clone(&store),
             view.clone(),
             Arc::clone(&registration),
             schema,
@@ -176,6 +178,25 @@ async fn checkpoint_all(node: &Arc<SearcherNode>) {
                 tracing::warn!(%collection, shard, %error, "checkpoint at stop failed; the log still holds every write")
             }
             Err(error) => tracing::warn!(%collection, shard, %error, "checkpoint task failed"),
+        }
+    }
+}
+
+/// Removes replica directories a crash left behind between their rename and deletion.
+fn sweep_trash(data_dir: &Path) {
+    let Ok(collections) = std::fs::read_dir(data_dir.join("collections")) else {
+        return;
+    };
+    for collection in collections.flatten() {
+        let Ok(entries) = std::fs::read_dir(collection.path()) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".trash-") {
+                if let Err(error) = std::fs::remove_dir_all(entry.path()) {
+                    tracing::warn!(path = %entry.path().display(), %error, "could not remove leftover replica files");
+                }
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use std::{
 use async_trait::async_trait;
 use quiver_cluster::ReplicaPhase;
 use quiver_index::{merge_top_k, Neighbor, SearchParams};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::{
     error::{Error, Result},
@@ -85,8 +85,11 @@ pub struct SearcherNode {
     data_dir: PathBuf,
     replicas: RwLock<HashMap<(String, u32), Hosted>>,
     /// Bounds concurrent CPU-heavy searches to the cores there are, so a burst queues
-    /// instead of oversubscribing the blocking pool.
-    search_slots: Semaphore,
+    /// instead of oversubscribing the blocking pool. The permit travels into the blocking
+    /// task: a caller that gives up does not free a core that is still busy.
+    search_slots: Arc<Semaphore>,
+    /// Signalled after every applied write, so replica counters reach etcd promptly.
+    writes_applied: Notify,
 }
 
 impl SearcherNode {
@@ -98,12 +101,17 @@ impl SearcherNode {
             id,
             data_dir,
             replicas: RwLock::new(HashMap::new()),
-            search_slots: Semaphore::new(cores),
+            search_slots: Arc::new(Semaphore::new(cores)),
+            writes_applied: Notify::new(),
         }
     }
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    pub(crate) fn writes_applied(&self) -> &Notify {
+        &self.writes_applied
     }
 
     pub fn replica_dir(&self, collection: &str, shard: u32) -> PathBuf {
@@ -194,13 +202,15 @@ impl SearcherService for SearcherNode {
                 failed_shards,
             });
         }
-        let _slot = self
-            .search_slots
-            .acquire()
+        let slot = Arc::clone(&self.search_slots)
+            .acquire_owned()
             .await
             .map_err(|_| Error::Internal("search slots closed".into()))?;
-        let (results, searched_shards, mut search_failures) =
-            blocking(move || Ok(search_replicas(&request, &replicas))).await?;
+        let (results, searched_shards, mut search_failures) = blocking(move || {
+            let _slot = slot;
+            Ok(search_replicas(&request, &replicas))
+        })
+        .await?;
         failed_shards.append(&mut search_failures);
         Ok(ShardSearchOutcome {
             results,
@@ -216,7 +226,9 @@ impl SearcherService for SearcherNode {
         points: Vec<PointData>,
     ) -> Result<(usize, ReplicaCounters)> {
         let replica = self.active_replica(collection, shard)?;
-        blocking(move || replica.upsert(points)).await
+        let outcome = blocking(move || replica.upsert(points)).await?;
+        self.writes_applied.notify_one();
+        Ok(outcome)
     }
 
     async fn delete(
@@ -226,7 +238,9 @@ impl SearcherService for SearcherNode {
         ids: Vec<String>,
     ) -> Result<(usize, ReplicaCounters)> {
         let replica = self.active_replica(collection, shard)?;
-        blocking(move || replica.delete(ids)).await
+        let outcome = blocking(move || replica.delete(ids)).await?;
+        self.writes_applied.notify_one();
+        Ok(outcome)
     }
 
     async fn get(
@@ -263,13 +277,12 @@ impl SearcherService for SearcherNode {
                 collection: name,
                 shard,
                 phase: hosted.phase,
-                counters: hosted
-                    .replica
-                    .and_then(|replica| replica.counters().ok())
-                    .unwrap_or(ReplicaCounters {
+                counters: hosted.replica.map(|replica| replica.counters()).unwrap_or(
+                    ReplicaCounters {
                         point_count: 0,
                         applied_seq: 0,
-                    }),
+                    },
+                ),
             })
             .collect();
         reports.sort_by(|left, right| {

@@ -3,9 +3,10 @@
 //! A write is acknowledged only after its record is in the log and the log is fsynced, so a
 //! Searcher killed at any moment replays every acknowledged write on restart. Each record is
 //! framed as `[payload length u32][crc32 of payload u32][payload]`, little-endian. A crash
-//! in the middle of an append leaves a torn last record: replay stops at the first frame
-//! that is short or fails its checksum and truncates the file there, which is safe because
-//! that write was never acknowledged.
+//! in the middle of an append leaves a torn last record: when the first bad frame is the last
+//! thing in the file, replay truncates it, which is safe because that write was never
+//! acknowledged. A bad frame with more data behind it is corruption, not a torn append:
+//! truncating there would destroy acknowledged writes, so the log refuses to open instead.
 
 use std::{
     fs::{File, OpenOptions},
@@ -40,7 +41,8 @@ pub struct Wal {
 }
 
 impl Wal {
-    /// Opens (or creates) the log at `path` and returns every intact record in order.
+    /// Opens (or creates) the log at `path` and returns every intact record in order. Fails
+    /// with `InvalidData` when a record in the middle of the log is corrupt.
     pub fn open(path: &Path) -> io::Result<(Wal, Vec<WalRecord>)> {
         let mut file = OpenOptions::new()
             .read(true)
@@ -48,8 +50,8 @@ impl Wal {
             .create(true)
             .truncate(false)
             .open(path)?;
-        let (records, intact_len) = read_records(&mut file)?;
         let file_len = file.metadata()?.len();
+        let (records, intact_len) = read_records(&mut file, file_len)?;
         if intact_len < file_len {
             tracing::warn!(
                 path = %path.display(),
@@ -111,7 +113,7 @@ impl Wal {
     }
 }
 
-fn read_records(file: &mut File) -> io::Result<(Vec<WalRecord>, u64)> {
+fn read_records(file: &mut File, file_len: u64) -> io::Result<(Vec<WalRecord>, u64)> {
     file.seek(SeekFrom::Start(0))?;
     let mut reader = BufReader::new(file);
     let mut records = Vec::new();
@@ -123,21 +125,34 @@ fn read_records(file: &mut File) -> io::Result<(Vec<WalRecord>, u64)> {
         }
         let payload_len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
         let expected_crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-        if payload_len > MAX_RECORD_BYTES {
-            break;
-        }
-        let mut payload = vec![0u8; payload_len as usize];
-        if !read_full(&mut reader, &mut payload)? {
-            break;
-        }
-        if crc32fast::hash(&payload) != expected_crc {
-            break;
-        }
-        let Some(record) = decode_record(&payload) else {
-            break;
+        let frame_end = intact_len + 8 + u64::from(payload_len);
+        let mut payload = Vec::new();
+        let intact = payload_len <= MAX_RECORD_BYTES && {
+            payload.resize(payload_len as usize, 0);
+            read_full(&mut reader, &mut payload)?
         };
-        records.push(record);
-        intact_len += 8 + u64::from(payload_len);
+        let record = if intact && crc32fast::hash(&payload) == expected_crc {
+            decode_record(&payload)
+        } else {
+            None
+        };
+        match record {
+            Some(record) => {
+                records.push(record);
+                intact_len = frame_end;
+            }
+            // Only an append cut short leaves a bad frame that reaches the end of the file.
+            None if frame_end >= file_len => break,
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "record at byte {intact_len} is corrupt and {} bytes follow it; refusing to truncate acknowledged writes",
+                        file_len.saturating_sub(frame_end)
+                    ),
+                ))
+            }
+        }
     }
     Ok((records, intact_len))
 }
@@ -338,7 +353,7 @@ mod tests {
     }
 
     #[test]
-    fn corrupted_byte_stops_replay_at_that_record() {
+    fn corrupt_last_record_is_dropped_as_a_torn_append() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wal.log");
         {
@@ -352,6 +367,30 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let (_wal, replayed) = Wal::open(&path).unwrap();
         assert_eq!(replayed, vec![upsert(1, "a")]);
+    }
+
+    #[test]
+    fn corruption_in_the_middle_refuses_to_open_and_keeps_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.log");
+        {
+            let (mut wal, _) = Wal::open(&path).unwrap();
+            for seq in 1..=3 {
+                wal.append(&upsert(seq, "a")).unwrap();
+            }
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[12] ^= 0xFF;
+        std::fs::write(&path, &bytes).unwrap();
+        let error = Wal::open(&path)
+            .err()
+            .expect("a corrupt middle record must not open");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "nothing was truncated"
+        );
     }
 
     #[test]
