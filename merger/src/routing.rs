@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use quiver_cluster::ClusterState;
+use quiver_cluster::{ClusterState, SearcherRecord};
 
 /// The calls of one search round: each Searcher gets one call covering all its shards.
 #[derive(Debug, Default, PartialEq)]
@@ -14,8 +14,57 @@ pub struct SearchPlan {
     pub unroutable: Vec<(u32, String)>,
 }
 
-/// Picks one ACTIVE replica per shard, rotating by `rotation` so that load spreads over
-/// replicas, and skipping Searchers in `excluded(shard)` (those already tried).
+/// A shard's ACTIVE replicas on live Searchers, split by how many writes they applied.
+struct ReadCandidates<'a> {
+    /// Those whose `applied_seq` is the highest any ACTIVE replica of the shard reports, in
+    /// assignment order.
+    current: Vec<&'a SearcherRecord>,
+    /// The rest, least behind first (assignment order among equals).
+    lagging: Vec<&'a SearcherRecord>,
+}
+
+/// Replicas that missed writes (down or BOOTING while their peers took them) have no way to
+/// catch up yet, so reading from one returns stale data: reads go to the replicas that
+/// applied the most writes, and a lagging one serves only when none of those can, which
+/// still beats not answering for the shard at all. `applied_seq` is republished with a
+/// small delay after writes, so a replica that is merely a moment behind its peers is
+/// skipped for that moment, which is harmless: the up-to-date peers serve instead.
+fn read_candidates<'a>(
+    state: &'a ClusterState,
+    collection: &str,
+    shard: u32,
+) -> ReadCandidates<'a> {
+    let with_seq: Vec<(&SearcherRecord, u64)> = state
+        .active_replicas(collection, shard)
+        .into_iter()
+        .map(|searcher| {
+            let applied_seq = state
+                .replica(collection, shard, &searcher.id)
+                .map_or(0, |record| record.applied_seq);
+            (searcher, applied_seq)
+        })
+        .collect();
+    let highest = with_seq.iter().map(|(_, seq)| *seq).max().unwrap_or(0);
+    let (current, mut lagging): (Vec<_>, Vec<_>) =
+        with_seq.into_iter().partition(|(_, seq)| *seq == highest);
+    // Stable, so replicas equally far behind keep their assignment order.
+    lagging.sort_by(|(_, left), (_, right)| right.cmp(left));
+    ReadCandidates {
+        current: current.into_iter().map(|(searcher, _)| searcher).collect(),
+        lagging: lagging.into_iter().map(|(searcher, _)| searcher).collect(),
+    }
+}
+
+/// Where rotation `rotation` starts for `shard` among `count` replicas.
+fn rotation_offset(rotation: u64, shard: u32, count: usize) -> usize {
+    debug_assert!(count > 0);
+    (rotation.wrapping_add(u64::from(shard)) % count as u64) as usize
+}
+
+/// Picks one ACTIVE replica per shard, skipping Searchers in `excluded(shard)` (those
+/// already tried). Up-to-date replicas come first, rotating by `rotation` so that load
+/// spreads over them; a lagging replica (see [`read_candidates`]) is picked only when no
+/// up-to-date one is left, the least behind first.
 pub fn plan_search(
     state: &ClusterState,
     collection: &str,
@@ -26,12 +75,21 @@ pub fn plan_search(
     let mut plan = SearchPlan::default();
     for shard in shards {
         let skip = excluded(*shard);
-        let candidates: Vec<_> = state
-            .active_replicas(collection, *shard)
+        let candidates = read_candidates(state, collection, *shard);
+        let current: Vec<&SearcherRecord> = candidates
+            .current
             .into_iter()
             .filter(|searcher| !skip.contains(&searcher.id))
             .collect();
-        if candidates.is_empty() {
+        let chosen = if current.is_empty() {
+            candidates
+                .lagging
+                .into_iter()
+                .find(|searcher| !skip.contains(&searcher.id))
+        } else {
+            Some(current[rotation_offset(rotation, *shard, current.len())])
+        };
+        let Some(chosen) = chosen else {
             let reason = if skip.is_empty() {
                 "no ACTIVE replica on a live searcher"
             } else {
@@ -39,9 +97,7 @@ pub fn plan_search(
             };
             plan.unroutable.push((*shard, reason.to_string()));
             continue;
-        }
-        let chosen = candidates
-            [(rotation.wrapping_add(u64::from(*shard)) % candidates.len() as u64) as usize];
+        };
         plan.calls
             .entry(chosen.id.clone())
             .or_insert_with(|| (chosen.address.clone(), Vec::new()))
@@ -71,23 +127,27 @@ pub fn write_targets(
         .collect()
 }
 
-/// ACTIVE replicas of a shard in rotated order, for reads that fall back one by one.
+/// ACTIVE replicas of a shard for reads that fall back one by one: the up-to-date ones in
+/// rotated order, then the lagging ones, least behind first (see [`read_candidates`]).
 pub fn read_order(
     state: &ClusterState,
     collection: &str,
     shard: u32,
     rotation: u64,
 ) -> Vec<(String, String)> {
-    let mut replicas: Vec<(String, String)> = state
-        .active_replicas(collection, shard)
-        .into_iter()
-        .map(|searcher| (searcher.id.clone(), searcher.address.clone()))
-        .collect();
-    if !replicas.is_empty() {
-        let offset = (rotation.wrapping_add(u64::from(shard)) % replicas.len() as u64) as usize;
-        replicas.rotate_left(offset);
+    let ReadCandidates {
+        mut current,
+        lagging,
+    } = read_candidates(state, collection, shard);
+    if !current.is_empty() {
+        let offset = rotation_offset(rotation, shard, current.len());
+        current.rotate_left(offset);
     }
-    replicas
+    current
+        .into_iter()
+        .chain(lagging)
+        .map(|searcher| (searcher.id.clone(), searcher.address.clone()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -177,5 +237,125 @@ mod tests {
         let targets = write_targets(&state, "c", 0);
         assert_eq!(targets[0], Err("s1".to_string()));
         assert!(targets[1].is_ok());
+    }
+
+    /// Shard 3 has three replicas; `seqs` gives each one's applied_seq, in s1, s2, s3 order.
+    fn with_shard_3(seqs: [u64; 3]) -> ClusterState {
+        let mut state = state();
+        state.assignments.insert(
+            ("c".into(), 3),
+            AssignmentRecord {
+                replicas: vec!["s1".into(), "s2".into(), "s3".into()],
+            },
+        );
+        for (searcher, applied_seq) in ["s1", "s2", "s3"].into_iter().zip(seqs) {
+            state.replicas.insert(
+                ("c".into(), 3, searcher.to_string()),
+                ReplicaRecord {
+                    state: ReplicaPhase::Active,
+                    point_count: 0,
+                    applied_seq,
+                },
+            );
+        }
+        state
+    }
+
+    fn chosen(plan: &SearchPlan) -> Vec<&str> {
+        plan.calls.keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn lagging_replica_is_never_read_while_an_up_to_date_one_is_available() {
+        let state = with_shard_3([4, 2, 4]);
+        let mut seen = HashSet::new();
+        for rotation in 0..100 {
+            let plan = plan_search(&state, "c", &[3], rotation, |_| HashSet::new());
+            assert!(plan.unroutable.is_empty());
+            let searcher = chosen(&plan)[0].to_string();
+            assert_ne!(
+                searcher, "s2",
+                "rotation {rotation} read the lagging replica"
+            );
+            seen.insert(searcher);
+        }
+        // Rotation still spreads reads over the up-to-date replicas.
+        assert_eq!(seen, HashSet::from(["s1".to_string(), "s3".to_string()]));
+    }
+
+    #[test]
+    fn lagging_replica_serves_the_retry_when_the_up_to_date_ones_were_tried() {
+        let state = with_shard_3([4, 2, 4]);
+        for rotation in 0..4 {
+            let plan = plan_search(&state, "c", &[3], rotation, |_| {
+                HashSet::from(["s1".to_string(), "s3".to_string()])
+            });
+            assert_eq!(chosen(&plan), vec!["s2"]);
+            assert!(plan.unroutable.is_empty());
+        }
+        // Two lagging replicas: the least behind is asked first.
+        let state = with_shard_3([9, 2, 5]);
+        let plan = plan_search(&state, "c", &[3], 0, |_| HashSet::from(["s1".to_string()]));
+        assert_eq!(chosen(&plan), vec!["s3"]);
+        let plan = plan_search(&state, "c", &[3], 0, |_| {
+            HashSet::from(["s1".to_string(), "s3".to_string()])
+        });
+        assert_eq!(chosen(&plan), vec!["s2"]);
+        let plan = plan_search(&state, "c", &[3], 0, |_| {
+            HashSet::from(["s1".to_string(), "s2".to_string(), "s3".to_string()])
+        });
+        assert!(plan.calls.is_empty());
+        assert_eq!(plan.unroutable.len(), 1);
+    }
+
+    #[test]
+    fn only_active_replicas_on_live_searchers_set_the_bar() {
+        // s1 is ahead but its Searcher is gone: s3 is the most up to date that can serve.
+        let mut state = with_shard_3([9, 2, 5]);
+        state.searchers.remove("s1");
+        for rotation in 0..4 {
+            let plan = plan_search(&state, "c", &[3], rotation, |_| HashSet::new());
+            assert_eq!(chosen(&plan), vec!["s3"]);
+        }
+        // A BOOTING replica does not count either.
+        let mut state = with_shard_3([9, 2, 5]);
+        state
+            .replicas
+            .get_mut(&("c".to_string(), 3, "s1".to_string()))
+            .unwrap()
+            .state = ReplicaPhase::Booting;
+        assert_eq!(
+            read_order(&state, "c", 3, 0)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect::<Vec<_>>(),
+            vec!["s3", "s2"]
+        );
+    }
+
+    #[test]
+    fn read_order_puts_up_to_date_replicas_first_rotated_then_lagging_ones() {
+        let ids = |state: &ClusterState, rotation| -> Vec<String> {
+            read_order(state, "c", 3, rotation)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
+        };
+        let state = with_shard_3([4, 2, 4]);
+        // Rotation starts at (rotation + shard) % 2 among s1 and s3.
+        assert_eq!(ids(&state, 0), vec!["s3", "s1", "s2"]);
+        assert_eq!(ids(&state, 1), vec!["s1", "s3", "s2"]);
+        let state = with_shard_3([1, 3, 2]);
+        assert_eq!(ids(&state, 0), vec!["s2", "s3", "s1"]);
+        assert_eq!(ids(&state, 1), vec!["s2", "s3", "s1"]);
+        // All equal: plain rotation over every replica.
+        let state = with_shard_3([6, 6, 6]);
+        assert_eq!(ids(&state, 0), vec!["s1", "s2", "s3"]);
+        assert_eq!(ids(&state, 1), vec!["s2", "s3", "s1"]);
+        let addresses: Vec<String> = read_order(&state, "c", 3, 0)
+            .into_iter()
+            .map(|(_, address)| address)
+            .collect();
+        assert_eq!(addresses[0], "http://s1:1");
     }
 }
