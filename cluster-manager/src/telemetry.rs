@@ -43,3 +43,29 @@ pub fn write_ready_file(path: &std::path::Path, address: &str) -> std::io::Resul
     std::fs::write(&temporary, format!("{address}\n"))?;
     std::fs::rename(&temporary, path)
 }
+
+/// Adds `GET /metrics` (Prometheus text format, the process's default registry) to a gRPC
+/// server's routes, so each process exposes its metrics on its gRPC port; the server must
+/// accept HTTP/1 for Prometheus to scrape it.
+pub fn with_metrics_route(routes: tonic::service::Routes) -> tonic::service::Routes {
+    let router = routes
+        .into_axum_router()
+        .route("/metrics", axum::routing::get(render_metrics));
+    tonic::service::Routes::from(router)
+}
+
+async fn render_metrics() -> impl axum::response::IntoResponse {
+    use prometheus::Encoder;
+    let encoder = prometheus::TextEncoder::new();
+    let mut body = Vec::new();
+    if let Err(error) = encoder.encode(&prometheus::gather(), &mut body) {
+        tracing::warn!(%error, "could not encode metrics");
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            prometheus::TEXT_FORMAT.to_string(),
+        )],
+        body,
+    )
+}

@@ -1,7 +1,7 @@
 //! The client API over real gRPC: every bad input gets its status code with nothing
 //! written, reads and writes round-trip, and etcd holds JSON a person can read.
 
-use quiver_integration_tests::{collection_config, Cluster};
+use quiver_integration_tests::{collection_config, http_get, Cluster};
 use quiver_proto::v1::{
     self, merger_client::MergerClient, CollectionConfig, CreateCollectionRequest, DeleteRequest,
     DescribeCollectionRequest, DropCollectionRequest, GetRequest, ListCollectionsRequest, Point,
@@ -417,6 +417,21 @@ async fn writes_reads_and_drop_round_trip() {
         .unwrap()
         .into_inner();
     assert_eq!(response.results[0].neighbors[0].id, "book-11");
+
+    // Both services expose Prometheus metrics on their gRPC port over plain HTTP/1.1.
+    let (status, body) = http_get(&cluster.merger_address, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        body.contains(r#"quiver_merger_requests_total{code="OK",method="search"}"#),
+        "{body}"
+    );
+    assert!(body.contains("quiver_merger_request_duration_seconds_bucket"));
+    let (status, body) = http_get(&cluster.searchers[0].address, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        body.contains(r#"quiver_searcher_requests_total{code="OK",method="upsert"}"#),
+        "{body}"
+    );
 
     client
         .drop_collection(DropCollectionRequest {

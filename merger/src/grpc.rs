@@ -12,6 +12,8 @@ use quiver_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use std::time::Instant;
+
 use crate::service::MergerService;
 
 pub struct MergerGrpc {
@@ -54,86 +56,135 @@ impl Merger for MergerGrpc {
         &self,
         request: Request<CreateCollectionRequest>,
     ) -> Result<Response<CreateCollectionResponse>, Status> {
-        let timeout = client_timeout(&request);
-        Ok(Response::new(
-            self.service
-                .create_collection(request.into_inner(), timeout)
-                .await?,
-        ))
+        let started = Instant::now();
+        let result = async move {
+            let timeout = client_timeout(&request);
+            Ok(Response::new(
+                self.service
+                    .create_collection(request.into_inner(), timeout)
+                    .await?,
+            ))
+        }
+        .await;
+        observed("create_collection", started, result)
     }
 
     async fn drop_collection(
         &self,
         request: Request<DropCollectionRequest>,
     ) -> Result<Response<DropCollectionResponse>, Status> {
-        Ok(Response::new(
-            self.service
-                .drop_collection(&request.into_inner().name)
-                .await?,
-        ))
+        let started = Instant::now();
+        let result = async move {
+            Ok(Response::new(
+                self.service
+                    .drop_collection(&request.into_inner().name)
+                    .await?,
+            ))
+        }
+        .await;
+        observed("drop_collection", started, result)
     }
 
     async fn list_collections(
         &self,
         _request: Request<ListCollectionsRequest>,
     ) -> Result<Response<ListCollectionsResponse>, Status> {
-        Ok(Response::new(self.service.list_collections().await?))
+        let started = Instant::now();
+        let result = async move { Ok(Response::new(self.service.list_collections().await?)) }.await;
+        observed("list_collections", started, result)
     }
 
     async fn describe_collection(
         &self,
         request: Request<DescribeCollectionRequest>,
     ) -> Result<Response<DescribeCollectionResponse>, Status> {
-        Ok(Response::new(
-            self.service
-                .describe_collection(&request.into_inner().name)
-                .await?,
-        ))
+        let started = Instant::now();
+        let result = async move {
+            Ok(Response::new(
+                self.service
+                    .describe_collection(&request.into_inner().name)
+                    .await?,
+            ))
+        }
+        .await;
+        observed("describe_collection", started, result)
     }
 
     async fn upsert(
         &self,
         request: Request<UpsertRequest>,
     ) -> Result<Response<UpsertResponse>, Status> {
-        let timeout = client_timeout(&request);
-        Ok(Response::new(
-            self.service.upsert(request.into_inner(), timeout).await?,
-        ))
+        let started = Instant::now();
+        let result = async move {
+            let timeout = client_timeout(&request);
+            Ok(Response::new(
+                self.service.upsert(request.into_inner(), timeout).await?,
+            ))
+        }
+        .await;
+        observed("upsert", started, result)
     }
 
     async fn delete(
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let timeout = client_timeout(&request);
-        Ok(Response::new(
-            self.service.delete(request.into_inner(), timeout).await?,
-        ))
+        let started = Instant::now();
+        let result = async move {
+            let timeout = client_timeout(&request);
+            Ok(Response::new(
+                self.service.delete(request.into_inner(), timeout).await?,
+            ))
+        }
+        .await;
+        observed("delete", started, result)
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let timeout = client_timeout(&request);
-        Ok(Response::new(
-            self.service.get(request.into_inner(), timeout).await?,
-        ))
+        let started = Instant::now();
+        let result = async move {
+            let timeout = client_timeout(&request);
+            Ok(Response::new(
+                self.service.get(request.into_inner(), timeout).await?,
+            ))
+        }
+        .await;
+        observed("get", started, result)
     }
 
     async fn search(
         &self,
         request: Request<SearchRequest>,
     ) -> Result<Response<SearchResponse>, Status> {
-        let timeout = client_timeout(&request);
-        Ok(Response::new(
-            self.service.search(request.into_inner(), timeout).await?,
-        ))
+        let started = Instant::now();
+        let result = async move {
+            let timeout = client_timeout(&request);
+            Ok(Response::new(
+                self.service.search(request.into_inner(), timeout).await?,
+            ))
+        }
+        .await;
+        observed("search", started, result)
     }
 
     async fn cluster_status(
         &self,
         _request: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
-        Ok(Response::new(self.service.cluster_status().await?))
+        let started = Instant::now();
+        let result = async move { Ok(Response::new(self.service.cluster_status().await?)) }.await;
+        observed("cluster_status", started, result)
     }
+}
+
+/// Counts the call and its latency under its method name and final code.
+fn observed<T>(method: &str, started: Instant, result: Result<T, Status>) -> Result<T, Status> {
+    let code = match &result {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    crate::metrics::observe_request(method, started, code);
+    result
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 pub mod clients;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod routing;
 pub mod server;
 pub mod service;

@@ -61,9 +61,13 @@ pub async fn run(
     tracing::info!(address = %bound, "merger serving");
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(merger_service)
+        // HTTP/1 is for Prometheus scraping /metrics; gRPC stays on HTTP/2.
+        .accept_http1(true)
+        .add_routes(quiver_cluster::telemetry::with_metrics_route(
+            tonic::service::Routes::new(health_service)
+                .add_service(reflection)
+                .add_service(merger_service),
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .map_err(|error| Error::Internal(format!("grpc server: {error}")))?;

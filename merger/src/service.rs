@@ -37,7 +37,7 @@ use tonic::{Code, Status};
 use crate::{
     clients::SearcherClients,
     error::{retryable, Error, Result},
-    routing, validate,
+    metrics, routing, validate,
 };
 
 #[derive(Debug, Clone)]
@@ -248,6 +248,7 @@ impl Merger {
                 }
                 Err(status) => {
                     tracing::warn!(%collection, shard, %searcher_id, code = ?status.code(), message = status.message(), "replica write failed");
+                    metrics::replica_write_failed(code_name(status.code()));
                     outcome.failures.push(ReplicaFailure {
                         shard,
                         searcher_id,
@@ -512,21 +513,28 @@ impl MergerService for Merger {
     ) -> Result<UpsertResponse> {
         let state = self.view.current();
         let collection = Self::collection(&state, &request.collection)?;
-        let payloads = validate::points(&collection, &request.points)?;
         let deadline = Self::deadline(self.config.write_timeout, 0, client_timeout);
         let total = request.points.len() as u32;
-        let mut parts: BTreeMap<u32, Vec<Point>> = BTreeMap::new();
-        for (mut point, payload) in request.points.into_iter().zip(payloads) {
-            point.payload_json = payload.unwrap_or_default();
-            parts
-                .entry(shard_of(&point.id, collection.num_shards))
-                .or_default()
-                .push(point);
-        }
-        let parts = parts
-            .into_iter()
-            .map(|(shard, points)| (shard, ReplicaWrite::Upsert(points)))
-            .collect();
+        // Up to 10,000 vectors and JSON payloads to check and re-serialise: CPU work.
+        let record = collection.clone();
+        let parts: BTreeMap<u32, ReplicaWrite> = run_blocking("validating the upsert", move || {
+            let payloads = validate::points(&record, &request.points)?;
+            let mut parts: BTreeMap<u32, Vec<Point>> = BTreeMap::new();
+            for (mut point, payload) in request.points.into_iter().zip(payloads) {
+                point.payload_json = payload.unwrap_or_default();
+                parts
+                    .entry(shard_of(&point.id, record.num_shards))
+                    .or_default()
+                    .push(point);
+            }
+            Ok::<_, Error>(
+                parts
+                    .into_iter()
+                    .map(|(shard, points)| (shard, ReplicaWrite::Upsert(points)))
+                    .collect(),
+            )
+        })
+        .await??;
         let outcomes = self
             .write_to_shards(&state, &collection.name, parts, deadline)
             .await?;
@@ -633,38 +641,8 @@ impl MergerService for Merger {
                 Err(last_failure)
             }
         });
-        let mut found: HashMap<String, Point> = HashMap::new();
-        let mut failed_shards = Vec::new();
-        for outcome in join_all(lookups).await {
-            match outcome {
-                Ok(points) => {
-                    found.extend(points.into_iter().map(|point| (point.id.clone(), point)))
-                }
-                Err(failure) => failed_shards.push(failure),
-            }
-        }
-        if found.is_empty() && !failed_shards.is_empty() {
-            let failure = &failed_shards[0];
-            return Err(Error::Searcher {
-                code: match code_from_name(&failure.code) {
-                    Code::DeadlineExceeded => Code::DeadlineExceeded,
-                    _ => Code::Unavailable,
-                },
-                message: format!(
-                    "no shard answered; shard {}: {}",
-                    failure.shard, failure.message
-                ),
-            });
-        }
-        let points = request
-            .ids
-            .iter()
-            .filter_map(|id| found.remove(id))
-            .collect();
-        Ok(GetResponse {
-            points,
-            failed_shards,
-        })
+        let outcomes = join_all(lookups).await;
+        assemble_get(&request.ids, outcomes)
     }
 
     async fn search(
@@ -708,6 +686,9 @@ impl MergerService for Merger {
         for attempt in 0..2u64 {
             if pending.is_empty() || Instant::now() >= deadline {
                 break;
+            }
+            if attempt > 0 {
+                metrics::shards_retried(pending.len());
             }
             let plan = routing::plan_search(
                 &state,
@@ -786,6 +767,9 @@ impl MergerService for Merger {
             }
         }
 
+        for failure in failures.values() {
+            metrics::shard_failed(&failure.code);
+        }
         if answered.is_empty() {
             let all_timed_out = failures
                 .values()
@@ -813,10 +797,7 @@ impl MergerService for Merger {
             )));
         }
 
-        let results = per_query
-            .into_iter()
-            .map(|lists| merge_query(collection.metric, request.k as usize, lists))
-            .collect();
+        let results = merge_results(collection.metric, request.k as usize, per_query).await?;
         Ok(SearchResponse {
             results,
             shards_total: shards.len() as u32,
@@ -877,6 +858,74 @@ impl MergerService for Merger {
             revision: state.revision,
         })
     }
+}
+
+/// Runs CPU-bound work on tokio's blocking pool, so that the async workers stay free to
+/// serve calls. A panic in the work comes back as [`Error::Internal`].
+async fn run_blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| Error::Internal(format!("{what} failed: {error}")))
+}
+
+/// Every query's merge, on the blocking pool: up to 1024 queries, each over every Searcher's
+/// top k (k up to 1024), is too much CPU work for an async worker.
+async fn merge_results(
+    metric: Metric,
+    k: usize,
+    per_query: Vec<Vec<Vec<ScoredPoint>>>,
+) -> Result<Vec<QueryResult>> {
+    run_blocking("merging search results", move || {
+        per_query
+            .into_iter()
+            .map(|lists| merge_query(metric, k, lists))
+            .collect()
+    })
+    .await
+}
+
+/// What one shard's lookup came to: the points it has of those asked for, or its last
+/// failure.
+type ShardLookup = std::result::Result<Vec<Point>, ShardFailure>;
+
+/// A Get's answer from every shard's lookup: the points found, in the requested order, and
+/// the shards that did not answer. A shard that answered without some ids simply does not
+/// have them, so the call fails only when no shard answered at all.
+fn assemble_get(ids: &[String], lookups: Vec<ShardLookup>) -> Result<GetResponse> {
+    let mut found: HashMap<String, Point> = HashMap::new();
+    let mut answered = 0usize;
+    let mut failed_shards = Vec::new();
+    for lookup in lookups {
+        match lookup {
+            Ok(points) => {
+                answered += 1;
+                found.extend(points.into_iter().map(|point| (point.id.clone(), point)));
+            }
+            Err(failure) => failed_shards.push(failure),
+        }
+    }
+    if answered == 0 {
+        if let Some(failure) = failed_shards.first() {
+            return Err(Error::Searcher {
+                code: match code_from_name(&failure.code) {
+                    Code::DeadlineExceeded => Code::DeadlineExceeded,
+                    _ => Code::Unavailable,
+                },
+                message: format!(
+                    "no shard answered; shard {}: {}",
+                    failure.shard, failure.message
+                ),
+            });
+        }
+    }
+    let points = ids.iter().filter_map(|id| found.remove(id)).collect();
+    Ok(GetResponse {
+        points,
+        failed_shards,
+    })
 }
 
 /// The exact global top k of one query from each Searcher's local top k: every global
@@ -961,6 +1010,157 @@ mod tests {
         assert_eq!(
             ids(&merge_query(Metric::L2, 10, lists)),
             vec![("y", 1.0), ("z", 1.0), ("x", 2.0)]
+        );
+    }
+
+    fn point(id: &str) -> Point {
+        Point {
+            id: id.into(),
+            vector: vec![1.0, 2.0],
+            payload_json: String::new(),
+        }
+    }
+
+    fn failure(shard: u32, code: Code) -> ShardFailure {
+        ShardFailure {
+            shard,
+            searcher_id: "s1".into(),
+            code: code_name(code).into(),
+            message: "down".into(),
+        }
+    }
+
+    fn strings(values: &[&str]) -> Vec<String> {
+        values.iter().map(|value| value.to_string()).collect()
+    }
+
+    #[test]
+    fn get_with_a_failed_shard_returns_what_the_others_answered() {
+        // Shard 0 answered without the ids, shard 1 failed: not an error, nothing found.
+        let response = assemble_get(
+            &strings(&["a", "b"]),
+            vec![Ok(Vec::new()), Err(failure(1, Code::Unavailable))],
+        )
+        .unwrap();
+        assert!(response.points.is_empty());
+        assert_eq!(response.failed_shards.len(), 1);
+        assert_eq!(response.failed_shards[0].shard, 1);
+
+        // Points come back in the requested order, missing ones left out.
+        let response = assemble_get(
+            &strings(&["c", "x", "a"]),
+            vec![
+                Ok(vec![point("a")]),
+                Err(failure(1, Code::DeadlineExceeded)),
+                Ok(vec![point("c")]),
+            ],
+        )
+        .unwrap();
+        let found: Vec<&str> = response.points.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(found, vec!["c", "a"]);
+        assert_eq!(response.failed_shards.len(), 1);
+    }
+
+    #[test]
+    fn get_fails_only_when_no_shard_answered() {
+        let error = assemble_get(
+            &strings(&["a"]),
+            vec![
+                Err(failure(0, Code::DeadlineExceeded)),
+                Err(failure(1, Code::Unavailable)),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(error.code(), Code::DeadlineExceeded);
+        let error = assemble_get(
+            &strings(&["a"]),
+            vec![
+                Err(failure(0, Code::NotFound)),
+                Err(failure(1, Code::DeadlineExceeded)),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(error.code(), Code::Unavailable);
+        assert!(error.to_string().contains("no shard answered"));
+    }
+
+    /// On a single-threaded runtime, a task spawned just before `work` can run before `work`
+    /// ends only if `work` yields while it computes, which is what handing the CPU part to
+    /// the blocking pool does; done inline, it would hold the only worker to the end.
+    async fn yields_while_working<T>(work: impl std::future::Future<Output = T>) -> (bool, T) {
+        let other_task_ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&other_task_ran);
+        let other_task = tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+        let output = work.await;
+        let ran = other_task_ran.load(Ordering::SeqCst);
+        other_task.await.unwrap();
+        (ran, output)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn search_merge_runs_off_the_async_workers() {
+        let lists: Vec<Vec<ScoredPoint>> = (0..4)
+            .map(|searcher| {
+                (0..1024)
+                    .map(|rank| scored(&format!("{searcher}-{rank}"), rank as f32))
+                    .collect()
+            })
+            .collect();
+        let per_query = vec![lists; 64];
+        let (yielded, results) =
+            yields_while_working(merge_results(Metric::L2, 1024, per_query)).await;
+        let results = results.unwrap();
+        assert!(yielded, "the merge ran on the async worker");
+        assert_eq!(results.len(), 64);
+        assert_eq!(results[0].neighbors.len(), 1024);
+        assert_eq!(results[0].neighbors[0].id, "0-0");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn upsert_validation_runs_off_the_async_workers() {
+        let store = quiver_cluster::MemoryStore::new();
+        let schema = KeySchema::default();
+        let record = CollectionRecord {
+            name: "c".into(),
+            dimension: 2,
+            metric: Metric::L2,
+            num_shards: 2,
+            replication_factor: 1,
+            index_spec: "flat".into(),
+            created_at: now_rfc3339(),
+        };
+        store
+            .put(
+                &schema.collection("c"),
+                quiver_cluster::model::encode(&record),
+                None,
+            )
+            .await
+            .unwrap();
+        let store: Arc<dyn MetadataStore> = Arc::new(store);
+        let view = ClusterView::start(Arc::clone(&store), schema.clone())
+            .await
+            .unwrap();
+        let merger = Merger::new(store, schema, view, MergerConfig::default());
+        // A full batch with one bad vector at the very end: it is refused without a single
+        // replica call, so nothing else in upsert would yield.
+        let mut points: Vec<Point> = (0..validate::MAX_BATCH)
+            .map(|index| Point {
+                id: format!("p{index}"),
+                vector: vec![index as f32, 1.0],
+                payload_json: format!("{{\"n\": {index}, \"tags\": [\"a\", \"b\"]}}"),
+            })
+            .collect();
+        points.last_mut().unwrap().vector = vec![f32::NAN, 1.0];
+        let request = UpsertRequest {
+            collection: "c".into(),
+            points,
+        };
+        let (yielded, result) = yields_while_working(merger.upsert(request, None)).await;
+        assert!(yielded, "validation ran on the async worker");
+        assert!(
+            matches!(result, Err(Error::InvalidArgument(ref message)) if message.contains("p9999")),
+            "{result:?}"
         );
     }
 }

@@ -12,6 +12,8 @@ use quiver_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use std::time::Instant;
+
 use crate::{
     point::PointData,
     replica::ReplicaCounters,
@@ -62,127 +64,162 @@ impl Searcher for SearcherGrpc {
         &self,
         request: Request<ShardSearchRequest>,
     ) -> Result<Response<ShardSearchResponse>, Status> {
-        let request = request.into_inner();
-        let params = request.params.unwrap_or_default();
-        let outcome = self
-            .service
-            .search(ShardSearch {
-                collection: request.collection,
-                shards: request.shards,
-                queries: request
-                    .queries
-                    .into_iter()
-                    .map(|query| query.values)
-                    .collect(),
-                k: request.k as usize,
-                params: SearchParams {
-                    ef_search: params.ef_search,
-                    nprobe: params.nprobe,
-                },
-                with_vectors: request.with_vectors,
-                with_payloads: request.with_payloads,
-            })
-            .await?;
-        Ok(Response::new(ShardSearchResponse {
-            results: outcome
-                .results
-                .into_iter()
-                .map(|hits| QueryResult {
-                    neighbors: hits
+        let started = Instant::now();
+        let result = async move {
+            let request = request.into_inner();
+            let params = request.params.unwrap_or_default();
+            let outcome = self
+                .service
+                .search(ShardSearch {
+                    collection: request.collection,
+                    shards: request.shards,
+                    queries: request
+                        .queries
                         .into_iter()
-                        .map(|hit| ScoredPoint {
-                            id: hit.id,
-                            score: hit.score,
-                            vector: hit.vector.unwrap_or_default(),
-                            payload_json: hit.payload.unwrap_or_default(),
-                        })
+                        .map(|query| query.values)
                         .collect(),
+                    k: request.k as usize,
+                    params: SearchParams {
+                        ef_search: params.ef_search,
+                        nprobe: params.nprobe,
+                    },
+                    with_vectors: request.with_vectors,
+                    with_payloads: request.with_payloads,
                 })
-                .collect(),
-            searched_shards: outcome.searched_shards,
-            failed_shards: outcome
-                .failed_shards
-                .into_iter()
-                .map(|(shard, error)| ShardFailure {
-                    shard,
-                    searcher_id: self.searcher_id.clone(),
-                    code: quiver_proto::code_name(error.code()).to_string(),
-                    message: error.to_string(),
-                })
-                .collect(),
-        }))
+                .await?;
+            Ok(Response::new(ShardSearchResponse {
+                results: outcome
+                    .results
+                    .into_iter()
+                    .map(|hits| QueryResult {
+                        neighbors: hits
+                            .into_iter()
+                            .map(|hit| ScoredPoint {
+                                id: hit.id,
+                                score: hit.score,
+                                vector: hit.vector.unwrap_or_default(),
+                                payload_json: hit.payload.unwrap_or_default(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+                searched_shards: outcome.searched_shards,
+                failed_shards: outcome
+                    .failed_shards
+                    .into_iter()
+                    .map(|(shard, error)| ShardFailure {
+                        shard,
+                        searcher_id: self.searcher_id.clone(),
+                        code: quiver_proto::code_name(error.code()).to_string(),
+                        message: error.to_string(),
+                    })
+                    .collect(),
+            }))
+        }
+        .await;
+        observed("search", started, result)
     }
 
     async fn upsert(
         &self,
         request: Request<ReplicaUpsertRequest>,
     ) -> Result<Response<ReplicaWriteResponse>, Status> {
-        let request = request.into_inner();
-        let points = request.points.into_iter().map(point_from_proto).collect();
-        let (affected, counters) = self
-            .service
-            .upsert(&request.collection, request.shard, points)
-            .await?;
-        Ok(Response::new(write_response(affected, counters)))
+        let started = Instant::now();
+        let result = async move {
+            let request = request.into_inner();
+            let points = request.points.into_iter().map(point_from_proto).collect();
+            let (affected, counters) = self
+                .service
+                .upsert(&request.collection, request.shard, points)
+                .await?;
+            Ok(Response::new(write_response(affected, counters)))
+        }
+        .await;
+        observed("upsert", started, result)
     }
 
     async fn delete(
         &self,
         request: Request<ReplicaDeleteRequest>,
     ) -> Result<Response<ReplicaWriteResponse>, Status> {
-        let request = request.into_inner();
-        let (affected, counters) = self
-            .service
-            .delete(&request.collection, request.shard, request.ids)
-            .await?;
-        Ok(Response::new(write_response(affected, counters)))
+        let started = Instant::now();
+        let result = async move {
+            let request = request.into_inner();
+            let (affected, counters) = self
+                .service
+                .delete(&request.collection, request.shard, request.ids)
+                .await?;
+            Ok(Response::new(write_response(affected, counters)))
+        }
+        .await;
+        observed("delete", started, result)
     }
 
     async fn get(
         &self,
         request: Request<ReplicaGetRequest>,
     ) -> Result<Response<ReplicaGetResponse>, Status> {
-        let request = request.into_inner();
-        let points = self
-            .service
-            .get(
-                &request.collection,
-                request.shard,
-                request.ids,
-                request.with_vectors,
-                request.with_payloads,
-            )
-            .await?;
-        Ok(Response::new(ReplicaGetResponse {
-            points: points
-                .into_iter()
-                .map(|point| Point {
-                    id: point.id,
-                    vector: point.vector,
-                    payload_json: point.payload.unwrap_or_default(),
-                })
-                .collect(),
-        }))
+        let started = Instant::now();
+        let result = async move {
+            let request = request.into_inner();
+            let points = self
+                .service
+                .get(
+                    &request.collection,
+                    request.shard,
+                    request.ids,
+                    request.with_vectors,
+                    request.with_payloads,
+                )
+                .await?;
+            Ok(Response::new(ReplicaGetResponse {
+                points: points
+                    .into_iter()
+                    .map(|point| Point {
+                        id: point.id,
+                        vector: point.vector,
+                        payload_json: point.payload.unwrap_or_default(),
+                    })
+                    .collect(),
+            }))
+        }
+        .await;
+        observed("get", started, result)
     }
 
     async fn replica_status(
         &self,
         request: Request<ReplicaStatusRequest>,
     ) -> Result<Response<ReplicaStatusResponse>, Status> {
-        let request = request.into_inner();
-        let filter = (!request.collection.is_empty()).then_some(request.collection.as_str());
-        let reports = self.service.replica_status(filter).await;
-        Ok(Response::new(ReplicaStatusResponse {
-            replicas: reports
-                .into_iter()
-                .map(|report| HostedReplica {
-                    collection: report.collection,
-                    shard: report.shard,
-                    state: phase_to_proto(report.phase) as i32,
-                    point_count: report.counters.point_count,
-                    applied_seq: report.counters.applied_seq,
-                })
-                .collect(),
-        }))
+        let started = Instant::now();
+        let result = async move {
+            let request = request.into_inner();
+            let filter = (!request.collection.is_empty()).then_some(request.collection.as_str());
+            let reports = self.service.replica_status(filter).await;
+            Ok(Response::new(ReplicaStatusResponse {
+                replicas: reports
+                    .into_iter()
+                    .map(|report| HostedReplica {
+                        collection: report.collection,
+                        shard: report.shard,
+                        state: phase_to_proto(report.phase) as i32,
+                        point_count: report.counters.point_count,
+                        applied_seq: report.counters.applied_seq,
+                    })
+                    .collect(),
+            }))
+        }
+        .await;
+        observed("replica_status", started, result)
     }
+}
+
+/// Counts the call and its latency under its method name and final code.
+fn observed<T>(method: &str, started: Instant, result: Result<T, Status>) -> Result<T, Status> {
+    let code = match &result {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    crate::metrics::observe_request(method, started, code);
+    result
 }

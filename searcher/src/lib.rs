@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod point;
 pub mod reconcile;
 pub mod replica;

@@ -261,6 +261,7 @@ impl Reconciler {
             .await
         {
             Ok(()) => {
+                crate::metrics::set_replica_points(&key.0, key.1, record.point_count);
                 self.published.insert(key.clone(), record);
             }
             Err(error) => {
@@ -276,6 +277,7 @@ impl Reconciler {
             tracing::warn!(key = %etcd_key, %error, "could not delete replica status");
         }
         self.published.remove(key);
+        crate::metrics::forget_replica(&key.0, key.1);
     }
 }
 

@@ -92,9 +92,13 @@ pub async fn run(
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(searcher_service)
+            // HTTP/1 is for Prometheus scraping /metrics; gRPC stays on HTTP/2.
+            .accept_http1(true)
+            .add_routes(quiver_cluster::telemetry::with_metrics_route(
+                tonic::service::Routes::new(health_service)
+                    .add_service(reflection)
+                    .add_service(searcher_service),
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = server_stop_signal.wait_for(|stop| *stop).await;
             }),
