@@ -69,3 +69,51 @@ async fn render_metrics() -> impl axum::response::IntoResponse {
         body,
     )
 }
+
+/// Per-method request count (by final gRPC code) and latency of one service, recorded by
+/// its gRPC adapter around every call.
+pub struct RequestMetrics {
+    requests: prometheus::IntCounterVec,
+    seconds: prometheus::HistogramVec,
+}
+
+impl RequestMetrics {
+    /// Registers `quiver_<service>_requests_total{method,code}` and
+    /// `quiver_<service>_request_duration_seconds{method}` in the default registry.
+    pub fn register(service: &str, buckets: Vec<f64>) -> RequestMetrics {
+        let requests = prometheus::register_int_counter_vec!(
+            format!("quiver_{service}_requests_total"),
+            format!("{service} requests by method and gRPC code."),
+            &["method", "code"]
+        )
+        .expect("request metrics register once per service");
+        let seconds = prometheus::register_histogram_vec!(
+            format!("quiver_{service}_request_duration_seconds"),
+            format!("{service} request latency by method."),
+            &["method"],
+            buckets
+        )
+        .expect("request metrics register once per service");
+        RequestMetrics { requests, seconds }
+    }
+
+    /// Records the call that started at `started` and passes its result through.
+    pub fn observe<T>(
+        &self,
+        method: &str,
+        started: std::time::Instant,
+        result: Result<T, tonic::Status>,
+    ) -> Result<T, tonic::Status> {
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        self.requests
+            .with_label_values(&[method, quiver_proto::code_name(code)])
+            .inc();
+        self.seconds
+            .with_label_values(&[method])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+}

@@ -66,7 +66,7 @@ impl Merger for MergerGrpc {
             ))
         }
         .await;
-        observed("create_collection", started, result)
+        crate::metrics::REQUESTS.observe("create_collection", started, result)
     }
 
     async fn drop_collection(
@@ -82,7 +82,7 @@ impl Merger for MergerGrpc {
             ))
         }
         .await;
-        observed("drop_collection", started, result)
+        crate::metrics::REQUESTS.observe("drop_collection", started, result)
     }
 
     async fn list_collections(
@@ -91,7 +91,7 @@ impl Merger for MergerGrpc {
     ) -> Result<Response<ListCollectionsResponse>, Status> {
         let started = Instant::now();
         let result = async move { Ok(Response::new(self.service.list_collections().await?)) }.await;
-        observed("list_collections", started, result)
+        crate::metrics::REQUESTS.observe("list_collections", started, result)
     }
 
     async fn describe_collection(
@@ -107,7 +107,7 @@ impl Merger for MergerGrpc {
             ))
         }
         .await;
-        observed("describe_collection", started, result)
+        crate::metrics::REQUESTS.observe("describe_collection", started, result)
     }
 
     async fn upsert(
@@ -122,7 +122,7 @@ impl Merger for MergerGrpc {
             ))
         }
         .await;
-        observed("upsert", started, result)
+        crate::metrics::REQUESTS.observe("upsert", started, result)
     }
 
     async fn delete(
@@ -137,7 +137,7 @@ impl Merger for MergerGrpc {
             ))
         }
         .await;
-        observed("delete", started, result)
+        crate::metrics::REQUESTS.observe("delete", started, result)
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
@@ -149,7 +149,7 @@ impl Merger for MergerGrpc {
             ))
         }
         .await;
-        observed("get", started, result)
+        crate::metrics::REQUESTS.observe("get", started, result)
     }
 
     async fn search(
@@ -164,7 +164,7 @@ impl Merger for MergerGrpc {
             ))
         }
         .await;
-        observed("search", started, result)
+        crate::metrics::REQUESTS.observe("search", started, result)
     }
 
     async fn cluster_status(
@@ -173,18 +173,8 @@ impl Merger for MergerGrpc {
     ) -> Result<Response<ClusterStatusResponse>, Status> {
         let started = Instant::now();
         let result = async move { Ok(Response::new(self.service.cluster_status().await?)) }.await;
-        observed("cluster_status", started, result)
+        crate::metrics::REQUESTS.observe("cluster_status", started, result)
     }
-}
-
-/// Counts the call and its latency under its method name and final code.
-fn observed<T>(method: &str, started: Instant, result: Result<T, Status>) -> Result<T, Status> {
-    let code = match &result {
-        Ok(_) => tonic::Code::Ok,
-        Err(status) => status.code(),
-    };
-    crate::metrics::observe_request(method, started, code);
-    result
 }
 
 #[cfg(test)]

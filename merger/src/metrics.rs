@@ -1,29 +1,19 @@
 //! The Merger's Prometheus metrics, served at `/metrics` on its gRPC port.
 
-use std::{sync::LazyLock, time::Instant};
+use std::sync::LazyLock;
 
-use prometheus::{
-    register_histogram_vec, register_int_counter, register_int_counter_vec, HistogramVec,
-    IntCounter, IntCounterVec,
-};
+use quiver_cluster::telemetry::RequestMetrics;
 
-static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "quiver_merger_requests_total",
-        "Client requests by method and gRPC code.",
-        &["method", "code"]
+use prometheus::{register_int_counter, register_int_counter_vec, IntCounter, IntCounterVec};
+
+/// Client requests: count by method and code, latency by method.
+pub static REQUESTS: LazyLock<RequestMetrics> = LazyLock::new(|| {
+    RequestMetrics::register(
+        "merger",
+        vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ],
     )
-    .expect("metric registers once")
-});
-
-static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register_histogram_vec!(
-        "quiver_merger_request_duration_seconds",
-        "Client request latency by method.",
-        &["method"],
-        vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
-    )
-    .expect("metric registers once")
 });
 
 static SHARD_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -51,15 +41,6 @@ static REPLICA_WRITE_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
-
-pub fn observe_request(method: &str, started: Instant, code: tonic::Code) {
-    REQUESTS
-        .with_label_values(&[method, quiver_proto::code_name(code)])
-        .inc();
-    REQUEST_SECONDS
-        .with_label_values(&[method])
-        .observe(started.elapsed().as_secs_f64());
-}
 
 pub fn shard_failed(code: &str) {
     SHARD_FAILURES.with_label_values(&[code]).inc();

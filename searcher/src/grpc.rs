@@ -117,7 +117,7 @@ impl Searcher for SearcherGrpc {
             }))
         }
         .await;
-        observed("search", started, result)
+        crate::metrics::REQUESTS.observe("search", started, result)
     }
 
     async fn upsert(
@@ -135,7 +135,7 @@ impl Searcher for SearcherGrpc {
             Ok(Response::new(write_response(affected, counters)))
         }
         .await;
-        observed("upsert", started, result)
+        crate::metrics::REQUESTS.observe("upsert", started, result)
     }
 
     async fn delete(
@@ -152,7 +152,7 @@ impl Searcher for SearcherGrpc {
             Ok(Response::new(write_response(affected, counters)))
         }
         .await;
-        observed("delete", started, result)
+        crate::metrics::REQUESTS.observe("delete", started, result)
     }
 
     async fn get(
@@ -184,7 +184,7 @@ impl Searcher for SearcherGrpc {
             }))
         }
         .await;
-        observed("get", started, result)
+        crate::metrics::REQUESTS.observe("get", started, result)
     }
 
     async fn replica_status(
@@ -210,16 +210,6 @@ impl Searcher for SearcherGrpc {
             }))
         }
         .await;
-        observed("replica_status", started, result)
+        crate::metrics::REQUESTS.observe("replica_status", started, result)
     }
-}
-
-/// Counts the call and its latency under its method name and final code.
-fn observed<T>(method: &str, started: Instant, result: Result<T, Status>) -> Result<T, Status> {
-    let code = match &result {
-        Ok(_) => tonic::Code::Ok,
-        Err(status) => status.code(),
-    };
-    crate::metrics::observe_request(method, started, code);
-    result
 }
