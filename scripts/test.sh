@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the prerequisites if missing, then runs Quiver's whole test suite: unit tests,
 # and integration tests that start a real etcd and real Searcher and Merger processes on
-# 127.0.0.1 with the real data sets in ../shared/data.
+# 127.0.0.1 with the real data sets in ../shared/data, and drive them over gRPC from Rust
+# and from Python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/prerequisites.sh
 quiver_ensure_prerequisites
+quiver_ensure_test_prerequisites
 
 quiver_log "building the binaries the integration tests start"
 cargo build --workspace --bins
