@@ -29,5 +29,8 @@ async fn python_grpc_client_drives_the_merger() {
         "the Python client failed:\nstdout: {stdout}\nstderr: {stderr}\nmerger log:\n{}",
         cluster.log_tail("merger")
     );
-    assert!(stdout.contains("python client: all checks passed"), "{stdout}");
+    assert!(
+        stdout.contains("python client: all checks passed"),
+        "{stdout}"
+    );
 }

@@ -37,6 +37,8 @@ use crate::{
 /// The log is folded into a snapshot once it grows past this, bounding restart replay time.
 const CHECKPOINT_WAL_BYTES: u64 = 256 << 20;
 const POINTS_MAGIC: &[u8; 8] = b"QVPTS001";
+/// Queries searched under one acquisition of the data lock.
+const SEARCH_BLOCK_QUERIES: usize = 32;
 
 /// What a replica needs to know about its collection; persisted as `replica.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -287,30 +289,35 @@ impl Replica {
         Ok(())
     }
 
-    /// Top-k neighbours per query (queries row-major), with user ids.
+    /// Top-k neighbours per query (queries row-major), with user ids. The data lock is taken
+    /// per block of queries, so a large batch lets writes in between blocks instead of
+    /// stalling them for its whole duration; each query still sees one consistent state.
     pub fn search(
         &self,
         queries: &[f32],
         k: usize,
         params: &SearchParams,
     ) -> Result<Vec<Vec<Neighbor<String>>>> {
-        let data = self.read_data()?;
-        let results = data.index.search_batch(queries, k, params)?;
-        Ok(results
-            .into_iter()
-            .map(|neighbors| {
-                neighbors
-                    .into_iter()
-                    .filter_map(|neighbor| {
-                        let point = data.points.get(&neighbor.id)?;
-                        Some(Neighbor {
-                            id: point.id.clone(),
-                            score: neighbor.score,
+        let dimension = self.config.dimension.max(1);
+        let mut results = Vec::with_capacity(queries.len() / dimension);
+        for block in queries.chunks(dimension * SEARCH_BLOCK_QUERIES) {
+            let data = self.read_data()?;
+            for neighbors in data.index.search_batch(block, k, params)? {
+                results.push(
+                    neighbors
+                        .into_iter()
+                        .filter_map(|neighbor| {
+                            let point = data.points.get(&neighbor.id)?;
+                            Some(Neighbor {
+                                id: point.id.clone(),
+                                score: neighbor.score,
+                            })
                         })
-                    })
-                    .collect()
-            })
-            .collect())
+                        .collect(),
+                );
+            }
+        }
+        Ok(results)
     }
 
     /// The stored vector (normalised for cosine) and payload of `id`, as asked.
@@ -774,6 +781,27 @@ mod tests {
         fs::write(&wal_path, &bytes).unwrap();
         let error = Replica::open(dir.path(), config(Metric::L2)).err().unwrap();
         assert_eq!(error.code(), tonic::Code::DataLoss);
+    }
+
+    #[test]
+    fn a_batch_spanning_several_lock_blocks_matches_single_queries() {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = Replica::open(dir.path(), config(Metric::L2)).unwrap();
+        let points = (0..50)
+            .map(|index| point(&format!("p{index}"), [index as f32, 1.0, -1.0], None))
+            .collect();
+        replica.upsert(points).unwrap();
+        let queries: Vec<f32> = (0..(SEARCH_BLOCK_QUERIES * 2 + 5))
+            .flat_map(|index| [index as f32 * 0.7, 1.0, -1.0])
+            .collect();
+        let batch = replica
+            .search(&queries, 4, &SearchParams::default())
+            .unwrap();
+        assert_eq!(batch.len(), SEARCH_BLOCK_QUERIES * 2 + 5);
+        for (number, query) in queries.chunks(3).enumerate() {
+            let single = replica.search(query, 4, &SearchParams::default()).unwrap();
+            assert_eq!(batch[number], single[0], "query {number}");
+        }
     }
 
     #[test]

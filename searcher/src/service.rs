@@ -195,6 +195,15 @@ impl SearcherService for SearcherNode {
                 Err(error) => failed_shards.push((*shard, error)),
             }
         }
+        if let Some((_, replica)) = replicas.first() {
+            // Queries are flattened for the index, so one of the wrong length would shift
+            // every query after it: refuse the request instead.
+            let config = replica.config();
+            for (number, query) in request.queries.iter().enumerate() {
+                quiver_index::validate_vector(query, config.dimension, config.metric)
+                    .map_err(|error| Error::InvalidArgument(format!("query {number}: {error}")))?;
+            }
+        }
         if replicas.is_empty() {
             return Ok(ShardSearchOutcome {
                 results: vec![Vec::new(); request.queries.len()],
@@ -352,4 +361,97 @@ fn search_replicas(request: &ShardSearch, replicas: &[(u32, Arc<Replica>)]) -> S
         merged.push(hits);
     }
     (merged, searched, failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::ReplicaConfig;
+    use quiver_index::Metric;
+
+    async fn node_with_replica(dir: &Path) -> SearcherNode {
+        let node = SearcherNode::new("s1".into(), dir.to_path_buf());
+        let config = ReplicaConfig {
+            collection: "c".into(),
+            shard: 0,
+            dimension: 4,
+            metric: Metric::L2,
+            index_spec: "flat".into(),
+            incarnation: "t".into(),
+        };
+        let replica = Replica::open(&node.replica_dir("c", 0), config).unwrap();
+        node.set_slot(
+            "c",
+            0,
+            Some(Hosted {
+                phase: ReplicaPhase::Active,
+                replica: Some(Arc::new(replica)),
+            }),
+        );
+        node.upsert(
+            "c",
+            0,
+            vec![PointData {
+                id: "a".into(),
+                vector: vec![1.0; 4],
+                payload: None,
+            }],
+        )
+        .await
+        .unwrap();
+        node
+    }
+
+    fn request(queries: Vec<Vec<f32>>, shards: Vec<u32>) -> ShardSearch {
+        ShardSearch {
+            collection: "c".into(),
+            shards,
+            queries,
+            k: 3,
+            params: SearchParams::default(),
+            with_vectors: false,
+            with_payloads: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn misaligned_queries_are_refused_not_reinterpreted() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = node_with_replica(dir.path()).await;
+        // 3 + 5 floats make two rows of 4 once flattened; that must not pass for two queries.
+        let error = node
+            .search(request(vec![vec![1.0; 3], vec![1.0; 5]], vec![0]))
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn shards_not_hosted_or_not_active_are_reported_per_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = node_with_replica(dir.path()).await;
+        node.set_slot(
+            "c",
+            1,
+            Some(Hosted {
+                phase: ReplicaPhase::Booting,
+                replica: None,
+            }),
+        );
+        let outcome = node
+            .search(request(vec![vec![1.0; 4]], vec![0, 1, 2]))
+            .await
+            .unwrap();
+        assert_eq!(outcome.searched_shards, vec![0]);
+        assert_eq!(outcome.results[0][0].id, "a");
+        let failures: Vec<(u32, tonic::Code)> = outcome
+            .failed_shards
+            .iter()
+            .map(|(shard, error)| (*shard, error.code()))
+            .collect();
+        assert_eq!(
+            failures,
+            vec![(1, tonic::Code::Unavailable), (2, tonic::Code::NotFound)]
+        );
+    }
 }
