@@ -233,7 +233,7 @@ async fn bad_input_gets_its_code_and_writes_nothing() {
     let mut unlimited: MergerClient<Channel> = client.clone().max_encoding_message_size(usize::MAX);
     expect_code(
         "message over 64 MiB",
-        Code::OutOfRange,
+        Code::ResourceExhausted,
         unlimited
             .upsert(UpsertRequest {
                 collection: "c".into(),

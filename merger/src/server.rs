@@ -60,6 +60,9 @@ pub async fn run(
     }
     tracing::info!(address = %bound, "merger serving");
     tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            quiver_proto::oversized_message_as_resource_exhausted,
+        ))
         .tcp_nodelay(true)
         // HTTP/1 is for Prometheus scraping /metrics; gRPC stays on HTTP/2.
         .accept_http1(true)

@@ -82,6 +82,31 @@ pub fn code_from_name(name: &str) -> tonic::Code {
 /// refused with RESOURCE_EXHAUSTED before it is decoded.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// Rewrites tonic's answer to a request message over the size limit (OUT_OF_RANGE) into
+/// RESOURCE_EXHAUSTED, the code gRPC specifies for it and other implementations send, so
+/// clients in every language see the same code. Other responses pass through untouched.
+/// Installed on both servers as a response-mapping layer.
+pub fn oversized_message_as_resource_exhausted<B: Default>(
+    response: http::Response<B>,
+) -> http::Response<B> {
+    let oversized = response
+        .extensions()
+        .get::<tonic::Status>()
+        .is_some_and(|status| {
+            status.code() == tonic::Code::OutOfRange
+                && status.message().contains("message length too large")
+        });
+    if !oversized {
+        return response;
+    }
+    let message = response
+        .extensions()
+        .get::<tonic::Status>()
+        .map(|status| status.message().to_string())
+        .unwrap_or_default();
+    tonic::Status::resource_exhausted(message).into_http()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -97,5 +122,18 @@ mod tests {
             assert_eq!(super::code_from_name(super::code_name(code)), code);
         }
         assert_eq!(super::code_from_name("NONSENSE"), tonic::Code::Unknown);
+    }
+
+    #[test]
+    fn only_the_oversized_message_answer_is_rewritten() {
+        let oversized = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 70000000 bytes, the limit is: 67108864 bytes",
+        )
+        .into_http::<String>();
+        let rewritten = super::oversized_message_as_resource_exhausted(oversized);
+        assert_eq!(rewritten.headers()["grpc-status"], "8");
+        let other = tonic::Status::out_of_range("shard 9 out of range").into_http::<String>();
+        let untouched = super::oversized_message_as_resource_exhausted(other);
+        assert_eq!(untouched.headers()["grpc-status"], "11");
     }
 }

@@ -91,6 +91,9 @@ pub async fn run(
     let (stop_server, mut server_stop_signal) = watch::channel(false);
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(tower::util::MapResponseLayer::new(
+                quiver_proto::oversized_message_as_resource_exhausted,
+            ))
             .tcp_nodelay(true)
             // HTTP/1 is for Prometheus scraping /metrics; gRPC stays on HTTP/2.
             .accept_http1(true)
