@@ -82,7 +82,6 @@ struct WalState {
 
 pub struct Replica {
     config: ReplicaConfig,
-    index_spec: IndexSpec,
     dir: PathBuf,
     data: RwLock<ReplicaData>,
     /// Serialises writers: a record is appended and applied under this lock, so the log
@@ -149,7 +148,6 @@ impl Replica {
         let point_count = data.points.len() as u64;
         Ok(Replica {
             config,
-            index_spec,
             dir: dir.to_path_buf(),
             data: RwLock::new(data),
             wal: Mutex::new(WalState { wal, last_seq }),
@@ -364,10 +362,6 @@ impl Replica {
         self.data
             .write()
             .map_err(|_| Error::Internal("replica data lock poisoned".into()))
-    }
-
-    pub fn index_spec(&self) -> &IndexSpec {
-        &self.index_spec
     }
 }
 
