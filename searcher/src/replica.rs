@@ -174,9 +174,7 @@ impl Replica {
         for point in &points {
             self.validate_point(point)?;
         }
-        let affected = points.len();
-        let counters = self.write(WalOp::Upsert(points))?;
-        Ok((affected, counters))
+        self.write(WalOp::Upsert(points))
     }
 
     /// Removes the ids that exist; returns how many did.
@@ -184,21 +182,19 @@ impl Replica {
         if ids.iter().any(|id| id.is_empty()) {
             return Err(Error::InvalidArgument("point ids must not be empty".into()));
         }
-        let existing = {
-            let data = self.read_data()?;
-            ids.iter()
-                .filter(|id| data.internal_by_id.contains_key(*id))
-                .count()
-        };
         // Deleting nothing needs no log record; the answer is the same.
-        if existing == 0 {
+        let any_exists = {
+            let data = self.read_data()?;
+            ids.iter().any(|id| data.internal_by_id.contains_key(id))
+        };
+        if !any_exists {
             return Ok((0, self.counters()));
         }
-        let counters = self.write(WalOp::Delete(ids))?;
-        Ok((existing, counters))
+        self.write(WalOp::Delete(ids))
     }
 
-    fn write(&self, op: WalOp) -> Result<ReplicaCounters> {
+    /// Logs, applies and returns how many points the write affected, counted at apply time.
+    fn write(&self, op: WalOp) -> Result<(usize, ReplicaCounters)> {
         let mut wal_state = self
             .wal
             .lock()
@@ -213,9 +209,9 @@ impl Replica {
             .append(&record)
             .map_err(|source| storage(&wal_path, source))?;
         wal_state.last_seq = record.seq;
-        let counters = {
+        let (affected, counters) = {
             let mut data = self.write_data()?;
-            data.apply(record.seq, record.op)?;
+            let affected = data.apply(record.seq, record.op)?;
             let counters = ReplicaCounters {
                 point_count: data.points.len() as u64,
                 applied_seq: data.applied_seq,
@@ -224,7 +220,7 @@ impl Replica {
                 .store(counters.point_count, Ordering::Release);
             self.applied_seq
                 .store(counters.applied_seq, Ordering::Release);
-            counters
+            (affected, counters)
         };
         if wal_state.wal.len_bytes() >= CHECKPOINT_WAL_BYTES {
             // The write is already durable in the log; a failed checkpoint only means a
@@ -238,7 +234,7 @@ impl Replica {
                 );
             }
         }
-        Ok(counters)
+        Ok((affected, counters))
     }
 
     /// Folds the log into a fresh snapshot (on graceful close and when the log is large).
@@ -366,9 +362,10 @@ impl Replica {
 }
 
 impl ReplicaData {
-    fn apply(&mut self, seq: u64, op: WalOp) -> Result<()> {
+    /// Applies one log record and returns how many points it affected.
+    fn apply(&mut self, seq: u64, op: WalOp) -> Result<usize> {
         debug_assert!(seq > self.applied_seq, "log records apply in order");
-        match op {
+        let affected = match op {
             WalOp::Upsert(points) => {
                 let dimension = self.index.dim();
                 let mut internals = Vec::with_capacity(points.len());
@@ -394,6 +391,7 @@ impl ReplicaData {
                     );
                 }
                 self.index.upsert(&internals, &vectors)?;
+                internals.len()
             }
             WalOp::Delete(ids) => {
                 let internals: Vec<u64> = ids
@@ -404,11 +402,12 @@ impl ReplicaData {
                     self.points.remove(internal);
                 }
                 self.index.remove(&internals)?;
+                internals.len()
             }
-        }
+        };
         self.applied_seq = seq;
         debug_assert_eq!(self.points.len(), self.index.len());
-        Ok(())
+        Ok(affected)
     }
 }
 
