@@ -95,6 +95,64 @@ pub fn read_fvecs(path: &Path) -> Result<Vectors> {
     Ok(Vectors { dim, data })
 }
 
+/// Reads a `.bvecs` file (one unsigned byte per component, as in SIFT1B) into floats.
+pub fn read_bvecs(path: &Path) -> Result<Vectors> {
+    let mut dim = 0;
+    let mut data = Vec::new();
+    let rows = for_each_record_of(path, 1, |row, row_dim, payload, _bytes_left| {
+        if row_dim == 0 {
+            return Err(format!("row {row} has dimension 0"));
+        }
+        if row == 0 {
+            dim = row_dim;
+        } else if row_dim != dim {
+            return Err(format!(
+                "row {row} has dimension {row_dim}, but earlier rows have {dim}"
+            ));
+        }
+        data.extend(payload.iter().map(|&value| f32::from(value)));
+        Ok(())
+    })?;
+    debug_assert_eq!(data.len(), rows * dim);
+    Ok(Vectors { dim, data })
+}
+
+/// Reads MNIST-style idx3 images (`magic 0x00000803`, big-endian counts, then one byte
+/// per pixel) from any reader (decompress `.gz` files before passing them), one vector
+/// per image with each pixel as a float.
+pub fn read_idx_images(mut reader: impl Read) -> Result<Vectors> {
+    let mut header = [0u8; 16];
+    reader
+        .read_exact(&mut header)
+        .map_err(|error| Error::Corrupt(format!("idx header: {error}")))?;
+    let word = |at: usize| {
+        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    if word(0) != 0x0000_0803 {
+        return Err(Error::Corrupt(format!(
+            "not an idx3 ubyte image file (magic {:#010x})",
+            word(0)
+        )));
+    }
+    let (count, rows, columns) = (word(4) as usize, word(8) as usize, word(12) as usize);
+    let dim = rows * columns;
+    if dim == 0 {
+        return Err(Error::Corrupt("idx images have no pixels".into()));
+    }
+    let mut pixels = Vec::new();
+    reader.read_to_end(&mut pixels)?;
+    if pixels.len() != count * dim {
+        return Err(Error::Corrupt(format!(
+            "idx header promises {count} images of {dim} pixels but {} bytes follow",
+            pixels.len()
+        )));
+    }
+    Ok(Vectors {
+        dim,
+        data: pixels.into_iter().map(f32::from).collect(),
+    })
+}
+
 /// Reads an `.ivecs` file (typically ground-truth neighbour ids). Rows may differ in
 /// length; a negative value, or an empty or truncated file, is [`Error::Corrupt`].
 pub fn read_ivecs(path: &Path) -> Result<Vec<Vec<u32>>> {
@@ -155,6 +213,15 @@ fn record_dimension(dim: usize) -> Result<i32> {
 /// number of records; a file with none is corrupt.
 fn for_each_record(
     path: &Path,
+    visit: impl FnMut(usize, usize, &[u8], u64) -> Result<(), String>,
+) -> Result<usize> {
+    for_each_record_of(path, 4, visit)
+}
+
+/// [`for_each_record`] for components of `width` bytes (4 for fvecs/ivecs, 1 for bvecs).
+fn for_each_record_of(
+    path: &Path,
+    width: u64,
     mut visit: impl FnMut(usize, usize, &[u8], u64) -> Result<(), String>,
 ) -> Result<usize> {
     let file = File::open(path)?;
@@ -179,7 +246,7 @@ fn for_each_record(
         let dim = i32::from_le_bytes(dim_bytes);
         let dim = usize::try_from(dim)
             .map_err(|_| corrupt(format!("row {row} has negative dimension {dim}")))?;
-        let payload_len = dim as u64 * 4;
+        let payload_len = dim as u64 * width;
         // Check against the file before allocating, so a garbage dimension cannot ask for
         // gigabytes.
         let bytes_left = file_len.saturating_sub(offset);
@@ -189,7 +256,7 @@ fn for_each_record(
                  bytes remain; the file is truncated"
             )));
         }
-        payload.resize(dim * 4, 0);
+        payload.resize(payload_len as usize, 0);
         reader.read_exact(&mut payload).map_err(|error| {
             if error.kind() == io::ErrorKind::UnexpectedEof {
                 return corrupt(format!("file ends inside row {row}"));

@@ -7,6 +7,10 @@ pub enum Error {
     DimensionMismatch { expected: usize, actual: usize },
     #[error("invalid index spec: {0}")]
     InvalidSpec(String),
+    #[error("index backend failed: {0}")]
+    Backend(String),
+    #[error("not supported: {0}")]
+    Unsupported(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("index files are corrupt or of another version: {0}")]

@@ -17,28 +17,20 @@
 //! | 8·n          | ids (`u64`), in row order                    |
 //! | 4·n·dim      | vectors (`f32`), row-major, cosine ones normalised |
 //! | 4            | CRC-32 (IEEE) of every byte before it        |
+//!
+//! Written and read through [`crate::persist`], which every native index shares.
 
-use std::{
-    collections::HashMap,
-    fs::{self, File},
-    io::{self, BufReader, BufWriter, Read, Write},
-    path::Path,
-};
+use std::{collections::HashMap, path::Path};
 
 use crate::{
-    crc32::Crc32, normalize_in_place, Error, IndexSpec, Metric, Neighbor, Result, SearchParams,
-    TopK, VectorIndex,
+    normalize_in_place,
+    persist::{Reader, Writer},
+    Error, IndexSpec, Metric, Neighbor, Result, SearchParams, TopK, VectorIndex,
 };
 
 const FILE_NAME: &str = "flat.bin";
-const TEMPORARY_FILE_NAME: &str = "flat.bin.tmp";
 const MAGIC: [u8; 8] = *b"QVFLAT01";
 const FORMAT_VERSION: u32 = 1;
-/// magic + version + dim + metric + count.
-const HEADER_LEN: u64 = 8 + 4 + 4 + 1 + 8;
-const CHECKSUM_LEN: u64 = 4;
-/// Values encoded or decoded per I/O call when saving and loading.
-const IO_CHUNK_VALUES: usize = 16 * 1024;
 /// Queries scored together by [`FlatIndex::search_batch`]: each stored row is read from
 /// memory once per block instead of once per query, while the block's queries (a few tens
 /// of KiB at typical dimensions) stay in cache.
@@ -78,68 +70,34 @@ impl FlatIndex {
     /// [`Error::Corrupt`] on any mismatch, so a damaged or truncated file is reported rather
     /// than half-loaded.
     pub fn load(dir: &Path) -> Result<Self> {
-        let path = dir.join(FILE_NAME);
-        let file = File::open(&path)?;
-        let file_len = file.metadata()?.len();
-        let corrupt = |detail: String| Error::Corrupt(format!("{}: {detail}", path.display()));
-        if file_len < HEADER_LEN + CHECKSUM_LEN {
-            return Err(corrupt(format!(
-                "file is {file_len} bytes, shorter than the {} byte header and checksum",
-                HEADER_LEN + CHECKSUM_LEN
-            )));
+        let mut reader = Reader::open(dir, FILE_NAME, &MAGIC, FORMAT_VERSION)?;
+        let dim = reader.u32()? as usize;
+        if dim == 0 {
+            return Err(reader.corrupt("dimension is 0"));
         }
-
-        let mut reader = ChecksummedReader::new(BufReader::new(file));
-        let mut header = [0u8; HEADER_LEN as usize];
-        reader.read_exact(&mut header)?;
-        let header = FileHeader::decode(&header).map_err(corrupt)?;
-
-        // Validate the length the header implies against the real file before allocating,
-        // so a corrupt count cannot ask for terabytes.
-        let expected_len = header
-            .expected_file_len()
-            .ok_or_else(|| corrupt("header's count and dimension overflow".to_string()))?;
-        if file_len != expected_len {
-            return Err(corrupt(format!(
-                "file is {file_len} bytes but its header ({} vectors of dimension {}) implies \
-                 {expected_len}; it is truncated or was overwritten",
-                header.count, header.dim
-            )));
-        }
-        // The length check above bounds both counts by the file size, which fits in memory
-        // no better than on disk; `try_from` only fails on a 32-bit target.
-        let count = usize::try_from(header.count)
-            .map_err(|_| corrupt("vector count does not fit in memory".to_string()))?;
+        let metric = reader.metric()?;
+        let count = reader.len()?;
+        // Checked before any allocation, so a corrupt count cannot ask for terabytes.
         let value_count = count
-            .checked_mul(header.dim)
-            .ok_or_else(|| corrupt("vector data does not fit in memory".to_string()))?;
-
-        let ids = read_u64_values(&mut reader, count).map_err(|error| map_eof(error, &path))?;
-        let vectors =
-            read_f32_values(&mut reader, value_count).map_err(|error| map_eof(error, &path))?;
-        let computed_checksum = reader.checksum();
-        let mut stored_checksum = [0u8; CHECKSUM_LEN as usize];
-        reader
-            .inner
-            .read_exact(&mut stored_checksum)
-            .map_err(|error| map_eof(error, &path))?;
-        let stored_checksum = u32::from_le_bytes(stored_checksum);
-        if stored_checksum != computed_checksum {
-            return Err(corrupt(format!(
-                "checksum mismatch: stored {stored_checksum:#010x}, computed \
-                 {computed_checksum:#010x}"
-            )));
-        }
+            .checked_mul(dim)
+            .filter(|values| values.checked_mul(4).is_some())
+            .ok_or_else(|| reader.corrupt("the header's count and dimension overflow"))?;
+        let ids = reader.u64s(count)?;
+        let vectors = reader.f32s(value_count)?;
+        reader.finish()?;
 
         let mut row_of_id = HashMap::with_capacity(count);
         for (row, &id) in ids.iter().enumerate() {
             if row_of_id.insert(id, row).is_some() {
-                return Err(corrupt(format!("id {id} is stored twice")));
+                return Err(Error::Corrupt(format!(
+                    "{}: id {id} is stored twice",
+                    dir.join(FILE_NAME).display()
+                )));
             }
         }
         Ok(Self {
-            dim: header.dim,
-            metric: header.metric,
+            dim,
+            metric,
             ids,
             vectors,
             row_of_id,
@@ -367,261 +325,31 @@ impl VectorIndex for FlatIndex {
         Ok(results)
     }
 
+    fn memory_bytes(&self) -> usize {
+        // A HashMap entry costs its key, value and about one control byte of overhead.
+        self.ids.capacity() * size_of::<u64>()
+            + self.vectors.capacity() * size_of::<f32>()
+            + self.row_of_id.capacity() * (size_of::<u64>() + size_of::<usize>() + 1)
+    }
+
     fn save(&self, dir: &Path) -> Result<()> {
         let dim = u32::try_from(self.dim).map_err(|_| {
             Error::InvalidArgument(format!("dimension {} does not fit the format", self.dim))
         })?;
-        fs::create_dir_all(dir)?;
-        let temporary_path = dir.join(TEMPORARY_FILE_NAME);
-        let final_path = dir.join(FILE_NAME);
-
-        let file = File::create(&temporary_path)?;
-        let mut writer = ChecksummedWriter::new(BufWriter::with_capacity(1 << 16, file));
-        let header = FileHeader {
-            dim: self.dim,
-            metric: self.metric,
-            count: self.ids.len() as u64,
-        };
-        writer.write_all(&header.encode(dim))?;
-        write_u64_values(&mut writer, &self.ids)?;
-        write_f32_values(&mut writer, &self.vectors)?;
-        let checksum = writer.checksum();
-        writer.inner.write_all(&checksum.to_le_bytes())?;
-        let file = writer
-            .inner
-            .into_inner()
-            .map_err(|error| error.into_error())?;
-        // The data must be on disk before the rename makes it the current save; otherwise a
-        // crash could leave `flat.bin` naming a file whose blocks were never written.
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&temporary_path, &final_path)?;
-        sync_directory(dir)?;
-        Ok(())
+        let mut writer = Writer::create(dir, FILE_NAME, &MAGIC, FORMAT_VERSION)?;
+        writer.u32(dim)?;
+        writer.metric(self.metric)?;
+        writer.len(self.ids.len())?;
+        writer.u64s(&self.ids)?;
+        writer.f32s(&self.vectors)?;
+        writer.commit()
     }
-}
-
-/// The fixed-size start of `flat.bin`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileHeader {
-    dim: usize,
-    metric: Metric,
-    count: u64,
-}
-
-impl FileHeader {
-    fn encode(&self, dim: u32) -> [u8; HEADER_LEN as usize] {
-        let mut bytes = [0u8; HEADER_LEN as usize];
-        bytes[0..8].copy_from_slice(&MAGIC);
-        bytes[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        bytes[12..16].copy_from_slice(&dim.to_le_bytes());
-        bytes[16] = metric_code(self.metric);
-        bytes[17..25].copy_from_slice(&self.count.to_le_bytes());
-        bytes
-    }
-
-    /// Parses and checks the header; the error is the detail for [`Error::Corrupt`].
-    fn decode(bytes: &[u8; HEADER_LEN as usize]) -> Result<Self, String> {
-        if bytes[0..8] != MAGIC {
-            return Err(format!(
-                "not a flat index file: magic is {:?}, expected {:?}",
-                String::from_utf8_lossy(&bytes[0..8]),
-                String::from_utf8_lossy(&MAGIC)
-            ));
-        }
-        let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-        if version != FORMAT_VERSION {
-            return Err(format!(
-                "unsupported format version {version}; this build reads version \
-                 {FORMAT_VERSION}"
-            ));
-        }
-        let dim = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
-        if dim == 0 {
-            return Err("dimension is 0".to_string());
-        }
-        let metric = metric_from_code(bytes[16])
-            .ok_or_else(|| format!("unknown metric code {}", bytes[16]))?;
-        let mut count = [0u8; 8];
-        count.copy_from_slice(&bytes[17..25]);
-        Ok(Self {
-            dim: dim as usize,
-            metric,
-            count: u64::from_le_bytes(count),
-        })
-    }
-
-    /// The total file length this header implies, or `None` if it overflows.
-    fn expected_file_len(&self) -> Option<u64> {
-        let id_bytes = self.count.checked_mul(8)?;
-        let vector_bytes = self.count.checked_mul(self.dim as u64)?.checked_mul(4)?;
-        HEADER_LEN
-            .checked_add(id_bytes)?
-            .checked_add(vector_bytes)?
-            .checked_add(CHECKSUM_LEN)
-    }
-}
-
-fn metric_code(metric: Metric) -> u8 {
-    match metric {
-        Metric::L2 => 0,
-        Metric::InnerProduct => 1,
-        Metric::Cosine => 2,
-    }
-}
-
-fn metric_from_code(code: u8) -> Option<Metric> {
-    match code {
-        0 => Some(Metric::L2),
-        1 => Some(Metric::InnerProduct),
-        2 => Some(Metric::Cosine),
-        _ => None,
-    }
-}
-
-/// A short read after the length check means the file changed under us; report it as
-/// corruption rather than a bare "unexpected end of file".
-fn map_eof(error: io::Error, path: &Path) -> Error {
-    if error.kind() == io::ErrorKind::UnexpectedEof {
-        return Error::Corrupt(format!("{}: file ended early", path.display()));
-    }
-    Error::Io(error)
-}
-
-/// Makes a rename inside `dir` durable. Directories cannot be opened for syncing on every
-/// platform; where they cannot, the rename is as durable as the platform allows.
-fn sync_directory(dir: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir)?.sync_all()
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-        Ok(())
-    }
-}
-
-/// Passes writes through and checksums exactly the bytes the inner writer accepted.
-struct ChecksummedWriter<W> {
-    inner: W,
-    crc: Crc32,
-}
-
-impl<W: Write> ChecksummedWriter<W> {
-    fn new(inner: W) -> Self {
-        Self {
-            inner,
-            crc: Crc32::new(),
-        }
-    }
-
-    fn checksum(&self) -> u32 {
-        self.crc.finish()
-    }
-}
-
-impl<W: Write> Write for ChecksummedWriter<W> {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let written = self.inner.write(bytes)?;
-        self.crc.update(&bytes[..written]);
-        Ok(written)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Passes reads through and checksums exactly the bytes returned.
-struct ChecksummedReader<R> {
-    inner: R,
-    crc: Crc32,
-}
-
-impl<R: Read> ChecksummedReader<R> {
-    fn new(inner: R) -> Self {
-        Self {
-            inner,
-            crc: Crc32::new(),
-        }
-    }
-
-    fn checksum(&self) -> u32 {
-        self.crc.finish()
-    }
-}
-
-impl<R: Read> Read for ChecksummedReader<R> {
-    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        let read = self.inner.read(buffer)?;
-        self.crc.update(&buffer[..read]);
-        Ok(read)
-    }
-}
-
-fn write_u64_values(writer: &mut impl Write, values: &[u64]) -> io::Result<()> {
-    let mut bytes = Vec::with_capacity(IO_CHUNK_VALUES.min(values.len()) * 8);
-    for chunk in values.chunks(IO_CHUNK_VALUES) {
-        bytes.clear();
-        for value in chunk {
-            bytes.extend_from_slice(&value.to_le_bytes());
-        }
-        writer.write_all(&bytes)?;
-    }
-    Ok(())
-}
-
-fn write_f32_values(writer: &mut impl Write, values: &[f32]) -> io::Result<()> {
-    let mut bytes = Vec::with_capacity(IO_CHUNK_VALUES.min(values.len()) * 4);
-    for chunk in values.chunks(IO_CHUNK_VALUES) {
-        bytes.clear();
-        for value in chunk {
-            bytes.extend_from_slice(&value.to_le_bytes());
-        }
-        writer.write_all(&bytes)?;
-    }
-    Ok(())
-}
-
-fn read_u64_values(reader: &mut impl Read, count: usize) -> io::Result<Vec<u64>> {
-    let mut values = Vec::with_capacity(count);
-    let mut bytes = vec![0u8; IO_CHUNK_VALUES.min(count) * 8];
-    let mut remaining = count;
-    while remaining > 0 {
-        let chunk_values = remaining.min(IO_CHUNK_VALUES);
-        let chunk = &mut bytes[..chunk_values * 8];
-        reader.read_exact(chunk)?;
-        values.extend(chunk.chunks_exact(8).map(|value| {
-            u64::from_le_bytes([
-                value[0], value[1], value[2], value[3], value[4], value[5], value[6], value[7],
-            ])
-        }));
-        remaining -= chunk_values;
-    }
-    Ok(values)
-}
-
-fn read_f32_values(reader: &mut impl Read, count: usize) -> io::Result<Vec<f32>> {
-    let mut values = Vec::with_capacity(count);
-    let mut bytes = vec![0u8; IO_CHUNK_VALUES.min(count) * 4];
-    let mut remaining = count;
-    while remaining > 0 {
-        let chunk_values = remaining.min(IO_CHUNK_VALUES);
-        let chunk = &mut bytes[..chunk_values * 4];
-        reader.read_exact(chunk)?;
-        values.extend(
-            chunk
-                .chunks_exact(4)
-                .map(|value| f32::from_le_bytes([value[0], value[1], value[2], value[3]])),
-        );
-        remaining -= chunk_values;
-    }
-    Ok(values)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use rand::{Rng, SeedableRng};
 
     use super::*;
@@ -865,7 +593,7 @@ mod tests {
             index.remove(&first_rows).unwrap();
             let save_dir = directory.path().join(metric.as_str()).join("nested");
             index.save(&save_dir).unwrap();
-            assert!(!save_dir.join(TEMPORARY_FILE_NAME).exists());
+            assert!(!save_dir.join(format!("{FILE_NAME}.tmp")).exists());
 
             let loaded = FlatIndex::load(&save_dir).unwrap();
             assert_eq!(loaded.metric(), metric);

@@ -3,25 +3,39 @@
 //! Everything here is synchronous and free of gRPC and async types, so that benchmarks and
 //! tests use the indexes bare and the services decide where CPU work runs.
 //!
-//! - [`VectorIndex`]: the trait every index implements (flat today; HNSW, IVF, PQ and FAISS
-//!   plug in behind it), with [`IndexSpec`] naming which one a collection uses.
+//! - [`VectorIndex`]: the trait every index implements: exact [`FlatIndex`], native
+//!   [`HnswIndex`], [`IvfFlatIndex`] and [`IvfPqIndex`], and FAISS behind the `faiss`
+//!   feature; [`IndexSpec`] names which one a collection uses.
 //! - [`Metric`] and [`Neighbor`]: how closeness is scored and ordered.
 //! - [`topk`]: the metric-aware top-k merge the Searcher and the Merger both use.
 //! - [`dataset`]: readers for the `.fvecs`/`.ivecs` benchmark formats.
 
 mod crc32;
 pub mod dataset;
+pub mod distance;
 mod error;
+#[cfg(feature = "faiss")]
+pub mod faiss;
 pub mod flat;
+pub mod hnsw;
+pub mod ivf;
+pub mod ivf_pq;
+mod kmeans;
 mod metric;
-mod spec;
+mod persist;
+pub mod pq;
+pub mod spec;
 pub mod topk;
 mod validate;
 
+pub use distance::{dot, l2_squared, simd_level, SimdLevel};
 pub use error::{Error, Result};
 pub use flat::FlatIndex;
-pub use metric::{dot, l2_squared, normalize_in_place, Metric, Neighbor};
-pub use spec::IndexSpec;
+pub use hnsw::HnswIndex;
+pub use ivf::IvfFlatIndex;
+pub use ivf_pq::IvfPqIndex;
+pub use metric::{normalize_in_place, Metric, Neighbor};
+pub use spec::{FaissSpec, HnswParams, IndexSpec, IvfFlatParams, IvfPqParams};
 pub use topk::{merge_top_k, TopK};
 pub use validate::validate_vector;
 
@@ -83,21 +97,72 @@ pub trait VectorIndex: Send + Sync {
     /// Writes the whole index under `dir` (created if missing), replacing an earlier save.
     /// The write is atomic: a crash leaves either the old or the new save readable.
     fn save(&self, dir: &Path) -> Result<()>;
+    /// Heap bytes the index holds (vectors, graph, codes, id maps), for metrics and the
+    /// benchmark. An estimate from capacities, not an allocator reading.
+    fn memory_bytes(&self) -> usize;
+}
+
+/// Whether this build can run FAISS indexes (the `faiss` cargo feature).
+pub const FAISS_AVAILABLE: bool = cfg!(feature = "faiss");
+
+/// Checks that `spec` can be built for vectors of `dim` under `metric`, with the error a
+/// user can act on. For FAISS this builds a throwaway index from the factory string, so an
+/// unknown factory is refused here rather than on every Searcher.
+pub fn validate_spec(spec: &IndexSpec, dim: usize, metric: Metric) -> Result<()> {
+    build_index(spec, dim, metric).map(drop)
 }
 
 /// Builds an empty index of the kind `spec` names.
 pub fn build_index(spec: &IndexSpec, dim: usize, metric: Metric) -> Result<Box<dyn VectorIndex>> {
-    if dim == 0 {
-        return Err(Error::InvalidSpec("dimension must be at least 1".into()));
-    }
-    match spec {
-        IndexSpec::Flat => Ok(Box::new(FlatIndex::new(dim, metric))),
-    }
+    spec.check(dim)?;
+    Ok(match spec {
+        IndexSpec::Flat => Box::new(FlatIndex::new(dim, metric)),
+        IndexSpec::Hnsw(params) => Box::new(HnswIndex::new(dim, metric, *params)),
+        IndexSpec::IvfFlat(params) => Box::new(IvfFlatIndex::new(dim, metric, *params)),
+        IndexSpec::IvfPq(params) => Box::new(IvfPqIndex::new(dim, metric, *params)),
+        IndexSpec::Faiss(faiss_spec) => build_faiss(faiss_spec, dim, metric)?,
+    })
 }
 
 /// Reopens an index written by [`VectorIndex::save`] under `dir`.
 pub fn load_index(spec: &IndexSpec, dir: &Path) -> Result<Box<dyn VectorIndex>> {
-    match spec {
-        IndexSpec::Flat => Ok(Box::new(FlatIndex::load(dir)?)),
+    let index: Box<dyn VectorIndex> = match spec {
+        IndexSpec::Flat => Box::new(FlatIndex::load(dir)?),
+        IndexSpec::Hnsw(_) => Box::new(HnswIndex::load(dir)?),
+        IndexSpec::IvfFlat(_) => Box::new(IvfFlatIndex::load(dir)?),
+        IndexSpec::IvfPq(_) => Box::new(IvfPqIndex::load(dir)?),
+        IndexSpec::Faiss(_) => load_faiss(dir)?,
+    };
+    if index.spec() != *spec {
+        return Err(Error::Corrupt(format!(
+            "{} holds a {} index, expected {spec}",
+            dir.display(),
+            index.spec()
+        )));
     }
+    Ok(index)
+}
+
+#[cfg(feature = "faiss")]
+fn build_faiss(spec: &FaissSpec, dim: usize, metric: Metric) -> Result<Box<dyn VectorIndex>> {
+    Ok(Box::new(faiss::FaissIndex::new(dim, metric, spec.clone())?))
+}
+
+#[cfg(not(feature = "faiss"))]
+fn build_faiss(_spec: &FaissSpec, _dim: usize, _metric: Metric) -> Result<Box<dyn VectorIndex>> {
+    Err(Error::Unsupported(
+        "this build has no FAISS support; rebuild with the `faiss` cargo feature or choose \
+         flat, hnsw, ivf_flat or ivf_pq"
+            .into(),
+    ))
+}
+
+#[cfg(feature = "faiss")]
+fn load_faiss(dir: &Path) -> Result<Box<dyn VectorIndex>> {
+    Ok(Box::new(faiss::FaissIndex::load(dir)?))
+}
+
+#[cfg(not(feature = "faiss"))]
+fn load_faiss(_dir: &Path) -> Result<Box<dyn VectorIndex>> {
+    build_faiss(&FaissSpec::default(), 1, Metric::L2)
 }

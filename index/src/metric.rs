@@ -2,7 +2,10 @@ use std::{cmp::Ordering, fmt, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::{
+    distance::{dot, l2_squared},
+    Error,
+};
 
 /// How closeness between two vectors is scored.
 ///
@@ -100,89 +103,6 @@ impl fmt::Display for Metric {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str(self.as_str())
     }
-}
-
-/// Lanes per step of the kernels below. Eight independent accumulators let LLVM keep the
-/// loop in vector registers (two SSE or one AVX register) without `-ffast-math`: the
-/// additions it performs are exactly the ones written, so no reassociation is needed.
-/// Measured on the baseline x86-64 target, 8 beat 16 and 24 lanes for dimensions up to
-/// ~200 (SIFT, Deep) and trailed 16 by ~15% at 784-960, so 8 it is.
-const LANES: usize = 8;
-
-/// The inner product of `left` and `right`.
-///
-/// Both slices should have the same length; if they do not, only the common prefix counts.
-/// The summation order is fixed, so the same inputs always give bit-identical results.
-#[inline]
-pub fn dot(left: &[f32], right: &[f32]) -> f32 {
-    debug_assert_eq!(
-        left.len(),
-        right.len(),
-        "dot of vectors of different lengths"
-    );
-    let len = left.len().min(right.len());
-    let (left, right) = (&left[..len], &right[..len]);
-
-    let left_chunks = left.chunks_exact(LANES);
-    let right_chunks = right.chunks_exact(LANES);
-    let left_tail = left_chunks.remainder();
-    let right_tail = right_chunks.remainder();
-
-    let mut accumulators = [0.0f32; LANES];
-    for (left_chunk, right_chunk) in left_chunks.zip(right_chunks) {
-        for lane in 0..LANES {
-            accumulators[lane] += left_chunk[lane] * right_chunk[lane];
-        }
-    }
-
-    let mut total = sum_lanes(accumulators);
-    for (left_value, right_value) in left_tail.iter().zip(right_tail) {
-        total += left_value * right_value;
-    }
-    total
-}
-
-/// The squared Euclidean distance between `left` and `right`.
-///
-/// Both slices should have the same length; if they do not, only the common prefix counts.
-/// The summation order is fixed, so the same inputs always give bit-identical results.
-#[inline]
-pub fn l2_squared(left: &[f32], right: &[f32]) -> f32 {
-    debug_assert_eq!(
-        left.len(),
-        right.len(),
-        "distance of vectors of different lengths"
-    );
-    let len = left.len().min(right.len());
-    let (left, right) = (&left[..len], &right[..len]);
-
-    let left_chunks = left.chunks_exact(LANES);
-    let right_chunks = right.chunks_exact(LANES);
-    let left_tail = left_chunks.remainder();
-    let right_tail = right_chunks.remainder();
-
-    let mut accumulators = [0.0f32; LANES];
-    for (left_chunk, right_chunk) in left_chunks.zip(right_chunks) {
-        for lane in 0..LANES {
-            let difference = left_chunk[lane] - right_chunk[lane];
-            accumulators[lane] += difference * difference;
-        }
-    }
-
-    let mut total = sum_lanes(accumulators);
-    for (left_value, right_value) in left_tail.iter().zip(right_tail) {
-        let difference = left_value - right_value;
-        total += difference * difference;
-    }
-    total
-}
-
-/// Folds the lane accumulators into one total. A plain left-to-right sum on purpose: a
-/// "pairwise" tree (lane i + lane i+4, ...) looked more accurate but led LLVM's SLP
-/// vectoriser to split the main loop into 2-wide operations, costing about 30%.
-#[inline]
-fn sum_lanes(lanes: [f32; LANES]) -> f32 {
-    lanes.iter().sum()
 }
 
 /// Scales `vector` to unit length, as cosine search needs.
