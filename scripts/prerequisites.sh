@@ -25,11 +25,20 @@ quiver_ensure_prerequisites() {
         [cc]=build-essential
         [pkg-config]=pkg-config
         [curl]=curl
+        # FAISS is built from source and linked statically into the Searcher and Merger.
+        [cmake]=cmake
+        [g++]=g++
     )
     local missing=()
     local command
     for command in "${!wanted[@]}"; do
         command -v "$command" >/dev/null 2>&1 || missing+=("${wanted[$command]}")
+    done
+    # Libraries FAISS links against, checked by package since they have no command.
+    local package
+    for package in libopenblas-dev liblapack-dev; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$package")
     done
     if [ "${#missing[@]}" -gt 0 ]; then
         quiver_log "installing Debian packages: ${missing[*]}"

@@ -13,6 +13,8 @@ pub enum Error {
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
+    Unimplemented(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -34,6 +36,7 @@ impl Error {
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::Unimplemented(_) => Code::Unimplemented,
             Error::Unavailable(_) => Code::Unavailable,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Internal(_) => Code::Internal,

@@ -442,6 +442,21 @@ impl MergerService for Merger {
             .index_spec
             .parse()
             .map_err(|error: quiver_index::Error| Error::InvalidArgument(error.to_string()))?;
+        // Build a throwaway index so a spec the Searchers cannot build (dim not divisible
+        // by m, an unknown FAISS factory) is refused here, before anything is written.
+        let dimension = config.dimension as usize;
+        let spec_to_check = index_spec.clone();
+        tokio::task::spawn_blocking(move || {
+            quiver_index::validate_spec(&spec_to_check, dimension, metric)
+        })
+        .await
+        .map_err(|error| Error::Internal(format!("spec validation task failed: {error}")))?
+        .map_err(|error| match error {
+            quiver_index::Error::Unsupported(message) => {
+                Error::Unimplemented(format!("index_spec {index_spec}: {message}"))
+            }
+            other => Error::InvalidArgument(format!("index_spec: {other}")),
+        })?;
         let record = CollectionRecord {
             name: config.name.clone(),
             dimension: config.dimension,
@@ -653,6 +668,7 @@ impl MergerService for Merger {
         let state = self.view.current();
         let collection = Self::collection(&state, &request.collection)?;
         validate::search(&collection, &request.queries, request.k, &request.shards)?;
+        validate::search_params(request.params.as_ref())?;
         let deadline = Self::deadline(
             self.config.search_timeout,
             request.timeout_ms,

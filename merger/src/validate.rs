@@ -109,6 +109,28 @@ pub fn payload(text: &str) -> Result<Option<String>> {
     Ok(Some(value.to_string()))
 }
 
+/// Checks the per-query index overrides against the same bounds index specs have.
+pub fn search_params(params: Option<&quiver_proto::v1::SearchParams>) -> Result<()> {
+    let Some(params) = params else {
+        return Ok(());
+    };
+    let max_ef = quiver_index::spec::MAX_EF as u32;
+    if params.ef_search > max_ef {
+        return Err(Error::InvalidArgument(format!(
+            "params.ef_search must be at most {max_ef}, got {}",
+            params.ef_search
+        )));
+    }
+    let max_nprobe = quiver_index::spec::MAX_NLIST as u32;
+    if params.nprobe > max_nprobe {
+        return Err(Error::InvalidArgument(format!(
+            "params.nprobe must be at most {max_nprobe}, got {}",
+            params.nprobe
+        )));
+    }
+    Ok(())
+}
+
 pub fn search(
     collection: &CollectionRecord,
     queries: &[Vector],

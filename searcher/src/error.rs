@@ -42,8 +42,9 @@ impl Error {
                 quiver_index::Error::DimensionMismatch { .. }
                 | quiver_index::Error::InvalidArgument(_)
                 | quiver_index::Error::InvalidSpec(_) => Code::InvalidArgument,
+                quiver_index::Error::Unsupported(_) => Code::Unimplemented,
                 quiver_index::Error::Corrupt(_) => Code::DataLoss,
-                quiver_index::Error::Io(_) => Code::Internal,
+                quiver_index::Error::Io(_) | quiver_index::Error::Backend(_) => Code::Internal,
             },
             Error::Storage { .. } => Code::Internal,
             Error::Corrupt { .. } => Code::DataLoss,
