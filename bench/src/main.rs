@@ -62,6 +62,10 @@ struct Args {
     /// Minimum measuring time per row and thread setting, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     min_time_ms: u64,
+    /// Measurements per row and thread setting; the table shows their median, which a
+    /// burst of load from another process moves less than a single reading.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Threads for the "all cores" column (default: every core).
     #[arg(long)]
     threads: Option<usize>,
@@ -120,14 +124,15 @@ fn main() -> Result<()> {
     });
     let dataset = load_dataset(&args)?;
     println!(
-        "# {}: {} base vectors, {} queries, dim {}, k = {}, kernels {}, {} threads for \"all cores\"\n",
+        "# {}: {} base vectors, {} queries, dim {}, k = {}, kernels {}, {} threads for \"all cores\", median of {} rounds\n",
         dataset.name,
         dataset.base.len(),
         dataset.queries.len(),
         dataset.base.dim,
         args.k,
         simd_level().as_str(),
-        threads
+        threads,
+        args.rounds
     );
 
     let mut rows = Vec::new();
@@ -472,6 +477,13 @@ impl Built {
     }
 }
 
+/// The median of `rounds` readings of `measure`.
+fn median_of(rounds: usize, mut measure: impl FnMut() -> f64) -> f64 {
+    let mut readings: Vec<f64> = (0..rounds.max(1)).map(|_| measure()).collect();
+    readings.sort_by(f64::total_cmp);
+    readings[readings.len() / 2]
+}
+
 /// Queries per second over at least `min_time`, with `threads` threads each walking the
 /// query set from a different offset.
 fn measure_qps(
@@ -537,8 +549,8 @@ fn bandwidth_table(args: &Args, dataset: &Dataset, threads: usize) -> Result<()>
     let buffer_floats = (data_bytes / 4).max(256 << 20 >> 2);
     let buffer: Vec<f32> = (0..buffer_floats).map(|value| (value % 7) as f32).collect();
     let min_time = Duration::from_millis(args.min_time_ms);
-    let stream_one = stream_read_gbps(&buffer, 1, min_time);
-    let stream_all = stream_read_gbps(&buffer, threads, min_time);
+    let stream_one = median_of(args.rounds, || stream_read_gbps(&buffer, 1, min_time));
+    let stream_all = median_of(args.rounds, || stream_read_gbps(&buffer, threads, min_time));
     drop(buffer);
 
     let mut index = build_index(&IndexSpec::Flat, dataset.base.dim, Metric::L2)?;
