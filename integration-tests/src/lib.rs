@@ -465,6 +465,49 @@ pub fn id_scores(result: &quiver_proto::v1::QueryResult) -> Vec<(String, f32)> {
         .collect()
 }
 
+/// A search for one query vector.
+pub fn search_request(collection: &str, query: &[f32], k: u32) -> quiver_proto::v1::SearchRequest {
+    quiver_proto::v1::SearchRequest {
+        collection: collection.to_string(),
+        queries: vec![quiver_proto::v1::Vector {
+            values: query.to_vec(),
+        }],
+        k,
+        ..quiver_proto::v1::SearchRequest::default()
+    }
+}
+
+/// Each query's answer through the cluster, checked against brute force, to compare later
+/// answers with exactly (replicas hold the same data and compute the same floats).
+pub async fn reference_results(
+    client: &mut MergerClient<Channel>,
+    collection: &str,
+    base: &quiver_index::dataset::Vectors,
+    queries: &quiver_index::dataset::Vectors,
+    k: u32,
+) -> Vec<quiver_proto::v1::QueryResult> {
+    let mut results = Vec::new();
+    for row in 0..queries.len() {
+        let response = client
+            .search(search_request(collection, queries.row(row), k))
+            .await
+            .expect("reference search")
+            .into_inner();
+        assert!(!response.partial);
+        let result = response.results.into_iter().next().unwrap();
+        let expected = brute_force(
+            quiver_index::Metric::L2,
+            base,
+            queries.row(row),
+            k as usize,
+            |_| true,
+        );
+        assert_same_results(&id_scores(&result), &expected, &format!("query {row}"));
+        results.push(result);
+    }
+    results
+}
+
 /// Upserts every row of `vectors` with its row number as id, in batches.
 pub async fn upsert_rows(
     client: &mut MergerClient<Channel>,

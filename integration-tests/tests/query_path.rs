@@ -1,6 +1,7 @@
-//! The query path under faults, with real etcd and real processes: a SIGKILLed replica, a
-//! stalled Searcher (hedging on and off), shards that fail or time out (`min_coverage`,
-//! deadlines), and etcd down. Slow and failing Searchers come from the Searcher's test-only
+//! The query path under faults, with real etcd and real processes: a SIGKILLed replica,
+//! shards that fail or time out (`min_coverage`, deadlines), and etcd down. (Hedging has a
+//! test binary of its own, `hedging.rs`, so that no sibling test shares the CPU while it
+//! measures latency.) Slow and failing Searchers come from the Searcher's test-only
 //! fault injection (`--fault-delay-ms`, `--fault-fail-fraction`), which hits exactly the
 //! fraction of calls asked for, so none of this depends on luck.
 
@@ -17,49 +18,9 @@ use quiver_cluster::placement::{place_replicas, shard_of};
 use quiver_index::{dataset, Metric};
 use quiver_integration_tests::{
     assert_same_results, brute_force, collection_config, eventually, id_scores, metric_value,
-    upsert_rows, Cluster, ClusterOptions,
+    reference_results, search_request, upsert_rows, Cluster, ClusterOptions,
 };
-use quiver_proto::v1::{
-    self, merger_client::MergerClient, QueryResult, SearchRequest, SearchResponse, ShardOutcome,
-    Vector,
-};
-use tonic::transport::Channel;
-
-fn search_request(collection: &str, query: &[f32], k: u32) -> SearchRequest {
-    SearchRequest {
-        collection: collection.to_string(),
-        queries: vec![Vector {
-            values: query.to_vec(),
-        }],
-        k,
-        ..SearchRequest::default()
-    }
-}
-
-/// Each query's answer through the cluster, checked against brute force, to compare later
-/// answers with exactly (replicas hold the same data and compute the same floats).
-async fn reference_results(
-    client: &mut MergerClient<Channel>,
-    collection: &str,
-    base: &dataset::Vectors,
-    queries: &dataset::Vectors,
-    k: u32,
-) -> Vec<QueryResult> {
-    let mut results = Vec::new();
-    for row in 0..queries.len() {
-        let response = client
-            .search(search_request(collection, queries.row(row), k))
-            .await
-            .expect("reference search")
-            .into_inner();
-        assert!(!response.partial);
-        let result = response.results.into_iter().next().unwrap();
-        let expected = brute_force(Metric::L2, base, queries.row(row), k as usize, |_| true);
-        assert_same_results(&id_scores(&result), &expected, &format!("query {row}"));
-        results.push(result);
-    }
-    results
-}
+use quiver_proto::v1::{self, SearchResponse, ShardOutcome};
 
 /// A collection name whose two shards the hash ring puts on two different Searchers of
 /// `searchers` (placement is a pure function, so this is deterministic); returns the name
@@ -83,13 +44,6 @@ fn report(response: &SearchResponse, shard: u32) -> &v1::ShardReport {
         .iter()
         .find(|report| report.shard == shard)
         .unwrap_or_else(|| panic!("no report for shard {shard}: {response:?}"))
-}
-
-fn percentile(latencies: &[Duration], percentile: f64) -> Duration {
-    let mut sorted = latencies.to_vec();
-    sorted.sort();
-    let rank = ((percentile / 100.0 * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,84 +148,6 @@ async fn a_sigkilled_searcher_costs_a_steady_search_stream_nothing() {
         "quiver_merger_search_retries_total",
     );
     assert!(retries >= 1.0, "no shard was retried");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hedging_keeps_the_tail_fast_when_one_searcher_stalls() {
-    // searcher-2 answers every search 300 ms late; both hold both shards.
-    let cluster = Cluster::start_with(
-        ClusterOptions::new(2, 10).searcher_args(1, &["--fault-delay-ms", "300"]),
-    )
-    .await;
-    let unhedged = cluster.start_merger("merger-unhedged", &["--hedging", "false"]);
-    let mut hedged_client = cluster.client().await;
-    let mut unhedged_client = unhedged.client().await;
-    hedged_client
-        .create_collection(collection_config("stall", 16, v1::Metric::L2, 2, 2))
-        .await
-        .expect("create");
-    let base = dataset::synthetic(1000, 16, 31);
-    upsert_rows(&mut hedged_client, "stall", &base, 500).await;
-    let queries = dataset::synthetic(8, 16, 32);
-    let reference = reference_results(&mut hedged_client, "stall", &base, &queries, 10).await;
-
-    // Sequential searches, as latency is measured; the first ones warm up the latency
-    // statistics hedging uses and are not counted.
-    async fn measure(
-        client: &mut MergerClient<Channel>,
-        queries: &dataset::Vectors,
-        reference: &[QueryResult],
-        warm_up: usize,
-        count: usize,
-    ) -> Vec<Duration> {
-        let mut latencies = Vec::with_capacity(count);
-        for number in 0..warm_up + count {
-            let row = number % queries.len();
-            let started = Instant::now();
-            let response = client
-                .search(search_request("stall", queries.row(row), 10))
-                .await
-                .expect("search")
-                .into_inner();
-            let latency = started.elapsed();
-            assert!(!response.partial, "{:?}", response.shards);
-            assert_eq!(response.results[0], reference[row], "query {row}");
-            if number >= warm_up {
-                latencies.push(latency);
-            }
-        }
-        latencies
-    }
-    let with_hedging = measure(&mut hedged_client, &queries, &reference, 20, 200).await;
-    let without_hedging = measure(&mut unhedged_client, &queries, &reference, 5, 200).await;
-    let summary = |latencies: &[Duration]| {
-        format!(
-            "p50 {:?}, p99 {:?}, max {:?}",
-            percentile(latencies, 50.0),
-            percentile(latencies, 99.0),
-            percentile(latencies, 100.0)
-        )
-    };
-    println!("with hedging:    {}", summary(&with_hedging));
-    println!("without hedging: {}", summary(&without_hedging));
-    assert!(
-        percentile(&with_hedging, 99.0) < Duration::from_millis(100),
-        "with hedging: {}",
-        summary(&with_hedging)
-    );
-    assert!(
-        percentile(&without_hedging, 99.0) >= Duration::from_millis(300),
-        "without hedging: {}",
-        summary(&without_hedging)
-    );
-    let sent = metric_value(&cluster.merger_address, "quiver_merger_hedges_sent_total");
-    let won = metric_value(&cluster.merger_address, "quiver_merger_hedges_won_total");
-    println!("hedging merger: {sent} hedges sent, {won} won");
-    assert!(won >= 200.0, "{won} hedges won");
-    assert_eq!(
-        metric_value(&unhedged.address, "quiver_merger_hedges_sent_total"),
-        0.0
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
