@@ -572,8 +572,10 @@ impl FanOut<'_> {
     }
 }
 
-/// One Searcher call under the search's remaining budget: sent as the gRPC deadline, so the
-/// Searcher gives up too, and enforced here, since that deadline does not cover connecting.
+/// One Searcher call under the search's remaining budget, sent as the gRPC deadline so that
+/// the Searcher gives up too. Locally the fan-out's own deadline timer bounds it (connecting
+/// included): [`FanOut::run`] drops every call still out when the deadline passes, so a
+/// second timer per call would only cost.
 async fn call_search(
     mut client: SearcherClient<Channel>,
     request: ShardSearchRequest,
@@ -585,10 +587,10 @@ async fn call_search(
     }
     let mut request = tonic::Request::new(request);
     request.set_timeout(remaining);
-    match tokio::time::timeout(remaining, client.search(request)).await {
-        Ok(result) => result.map(tonic::Response::into_inner),
-        Err(_) => Err(Status::deadline_exceeded("the search's deadline passed")),
-    }
+    client
+        .search(request)
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 #[cfg(test)]
@@ -1104,6 +1106,50 @@ mod tests {
         assert_eq!(outcome(missing), ShardOutcome::NoLiveReplica);
         assert_eq!((missing.attempts, missing.searcher_id.as_str()), (0, ""));
         assert_eq!(missing.code, "UNAVAILABLE");
+    }
+
+    /// A measurement, not a test (it asserts no timing): `cargo test --release -p
+    /// quiver-merger --lib fan_out_overhead -- --ignored --nocapture` prints what the fan-out
+    /// (routing, load tracking, deadline and hedge timers) adds to one Searcher call over a
+    /// bare client call to the same in-process Searcher; see docs/benchmarks.md.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn fan_out_overhead_over_a_bare_call() {
+        let fixture = Fixture::new(&[("s1", Behaviour::Answer)], &[&["s1"]]).await;
+        let address = fixture.view.current().searchers["s1"].address.clone();
+        let client = fixture.clients.client(&address).unwrap();
+        let request = ShardSearchRequest {
+            collection: "c".into(),
+            shards: vec![0],
+            queries: vec![Vector { values: vec![1.0] }],
+            k: 10,
+            ..ShardSearchRequest::default()
+        };
+        let rounds = 5;
+        let per_round = 2000;
+        for round in 0..rounds {
+            let mut bare = Vec::with_capacity(per_round);
+            let mut fanned = Vec::with_capacity(per_round);
+            for _ in 0..per_round {
+                let started = std::time::Instant::now();
+                let mut call = client.clone();
+                call.search(request.clone()).await.unwrap();
+                bare.push(started.elapsed());
+                let started = std::time::Instant::now();
+                let result = fixture
+                    .search(&[0], Duration::from_secs(5), &HedgeConfig::default())
+                    .await;
+                fanned.push(started.elapsed());
+                assert_eq!(result.answers.len(), 1);
+            }
+            bare.sort();
+            fanned.sort();
+            println!(
+                "round {round}: bare call p50 {:?}, fan-out p50 {:?}",
+                bare[per_round / 2],
+                fanned[per_round / 2]
+            );
+        }
     }
 
     #[test]
