@@ -52,11 +52,25 @@ struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "QUIVER_LOG_JSON")]
     log_json: bool,
+    /// Threads running the async work (gRPC serving, fan-out); default: one per core. Each
+    /// search hops between several tasks (server stream, fan-out, client connection), and
+    /// on a small machine those hops across threads cost more latency than a second thread
+    /// gains: see docs/benchmarks.md. Big merges run on a separate blocking pool either way.
+    #[arg(long, env = "QUIVER_WORKER_THREADS")]
+    worker_threads: Option<usize>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.worker_threads {
+        anyhow::ensure!(threads > 0, "--worker-threads must be at least 1");
+        runtime.worker_threads(threads);
+    }
+    runtime.enable_all().build()?.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     quiver_cluster::telemetry::init_logging(args.log_json);
     anyhow::ensure!(
         args.hedge_percentile > 0.0 && args.hedge_percentile <= 100.0,
