@@ -2,8 +2,9 @@
 # The query-path benchmark: starts one etcd and three Quiver clusters on 127.0.0.1 (separate
 # etcd prefixes) with 1, 2 and 3 Searchers and one Merger each, loads the same generated data
 # set into each (6 shards, replication factor 1), then runs `quiver-load` against the lone
-# Searcher called directly and against the three Mergers, in interleaved rounds, and prints
-# one table (also written to $QUIVER_BENCH_OUT, default target/bench-query.md). Stops
+# Searcher called directly, against the three Mergers, and with bare gRPC health checks (the
+# floor of what any extra hop costs on this machine), in interleaved rounds, and prints one
+# table (also written to $QUIVER_BENCH_OUT, default target/bench-query.md). Stops
 # everything it started, also on Ctrl-C.
 #
 # Environment (defaults in brackets): QUIVER_BENCH_POINTS [10000], QUIVER_BENCH_DIMENSION [64],
@@ -97,6 +98,7 @@ quiver_log "generating $points points of dimension $dimension"
 base=$(ls "$work/data"/*base.fvecs)
 
 targets=()
+mergers=()
 direct_address=""
 for size in 1 2 3; do
     prefix="/bench$size/"
@@ -123,13 +125,29 @@ for size in 1 2 3; do
     "$bin/quiverctl" --merger "$merger" create bench --dimension "$dimension" \
         --shards "$shards" --replication-factor 1 >/dev/null
     "$bin/quiverctl" --merger "$merger" load bench --fvecs "$base" >/dev/null
-    "$bin/quiverctl" --merger "$merger" describe bench | sed 's/^/    /'
+    mergers+=("$merger")
     targets+=(--target "kind=merger,name=merger-$size,searchers=$size,collection=bench,address=$merger")
+    if [ "$size" = 1 ]; then
+        # The same cluster through a Merger with one async worker thread.
+        "$bin/quiver-merger" --listen 127.0.0.1:0 --etcd-endpoints "$etcd_endpoint" \
+            --etcd-prefix "$prefix" --worker-threads 1 --ready-file "$work/merger1w.ready" \
+            >"$work/logs/merger1w.log" 2>&1 &
+        pids+=($!)
+        wait_for_file "$work/merger1w.ready" "merger1w" "$work/logs/merger1w.log"
+        targets+=(--target "kind=merger,name=merger-1-one-worker,searchers=1,collection=bench,address=$(cat "$work/merger1w.ready")")
+    fi
+done
+
+# Where consistent hashing put the shards (point counts are republished a moment after writes).
+sleep 1
+for merger in "${mergers[@]}"; do
+    "$bin/quiverctl" --merger "$merger" describe bench | sed 's/^/    /' >&2
 done
 
 quiver_log "measuring: concurrency $concurrency, ${duration}s per target, $rounds rounds"
 "$bin/quiver-load" --dimension "$dimension" --concurrency "$concurrency" \
     --duration-secs "$duration" --rounds "$rounds" \
     --target "kind=searcher,name=searcher,searchers=1,collection=bench,address=$direct_address" \
-    "${targets[@]}" | tee "$out"
+    "${targets[@]}" \
+    --target "kind=ping,name=ping,searchers=0,address=$direct_address" | tee "$out"
 quiver_log "table written to $out"

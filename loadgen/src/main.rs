@@ -23,6 +23,7 @@ use quiver_proto::v1::{
     ReplicaStatusRequest, SearchRequest, ShardSearchRequest, Vector,
 };
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,11 +33,12 @@ use tonic::transport::{Channel, Endpoint};
 )]
 struct Args {
     /// A target, as comma-separated key=value pairs:
-    /// `kind=searcher|merger,name=NAME,address=http://HOST:PORT,collection=NAME`, plus
+    /// `kind=searcher|merger|ping,name=NAME,address=http://HOST:PORT,collection=NAME`, plus
     /// `searchers=N` (how many Searchers serve it, for the report). Repeat for each target.
     /// A searcher target is called exactly as a Merger calls it, for every shard of the
     /// collection it hosts; the first searcher target is the baseline of the "added p50"
-    /// column.
+    /// column. A ping target sends gRPC health checks (no collection needed): the cost of
+    /// a bare gRPC round trip on this machine, the floor of what any extra hop adds.
     #[arg(long = "target", required = true)]
     targets: Vec<String>,
     /// Concurrent requests in flight, comma-separated: each is measured.
@@ -68,6 +70,7 @@ struct Args {
 enum Kind {
     Searcher,
     Merger,
+    Ping,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +102,8 @@ impl std::str::FromStr for Target {
         let kind = match field("kind")? {
             "searcher" => Kind::Searcher,
             "merger" => Kind::Merger,
-            other => bail!("target kind {other:?} is neither searcher nor merger"),
+            "ping" => Kind::Ping,
+            other => bail!("target kind {other:?} is not searcher, merger or ping"),
         };
         let searchers = match fields.get("searchers") {
             Some(count) => count
@@ -116,7 +120,10 @@ impl std::str::FromStr for Target {
             } else {
                 format!("http://{address}")
             },
-            collection: field("collection")?.to_string(),
+            collection: match kind {
+                Kind::Ping => fields.get("collection").copied().unwrap_or("").to_string(),
+                _ => field("collection")?.to_string(),
+            },
             searchers,
         })
     }
@@ -134,6 +141,9 @@ enum Caller {
         client: MergerClient<Channel>,
         collection: String,
     },
+    Ping {
+        client: HealthClient<Channel>,
+    },
 }
 
 impl Caller {
@@ -145,6 +155,9 @@ impl Caller {
             .await
             .with_context(|| format!("connecting to {} at {}", target.name, target.address))?;
         Ok(match target.kind {
+            Kind::Ping => Caller::Ping {
+                client: HealthClient::new(channel),
+            },
             Kind::Merger => Caller::Merger {
                 client: MergerClient::new(channel),
                 collection: target.collection.clone(),
@@ -184,6 +197,13 @@ impl Caller {
             values: query.to_vec(),
         }];
         match self {
+            Caller::Ping { client } => {
+                let mut request = tonic::Request::new(HealthCheckRequest {
+                    service: String::new(),
+                });
+                request.set_timeout(timeout);
+                client.check(request).await?;
+            }
             Caller::Merger { client, collection } => {
                 let mut request = tonic::Request::new(SearchRequest {
                     collection: collection.clone(),
@@ -357,6 +377,7 @@ fn table(
             let kind = match target.kind {
                 Kind::Searcher => "Searcher, direct",
                 Kind::Merger => "Merger",
+                Kind::Ping => "gRPC health check",
             };
             let _ = writeln!(
                 out,
