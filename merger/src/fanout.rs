@@ -148,6 +148,7 @@ struct CallInFlight {
     shards: Vec<u32>,
     kind: CallKind,
     abort: AbortHandle,
+    sent: Instant,
 }
 
 #[derive(Default)]
@@ -214,7 +215,7 @@ impl Run {
     }
 
     /// Aborts every call none of whose shards is still missing: it can no longer win any.
-    fn cancel_losers(&mut self) {
+    fn cancel_losers(&mut self, loads: &SearcherLoads) {
         let losers: Vec<usize> = self
             .calls
             .iter()
@@ -224,6 +225,7 @@ impl Run {
         for id in losers {
             if let Some(call) = self.calls.remove(&id) {
                 call.abort.abort();
+                loads.record_given_up(&call.searcher_id, call.sent.elapsed());
                 for shard in &call.shards {
                     if let Some(progress) = self.shards.get_mut(shard) {
                         progress.in_flight -= 1;
@@ -274,6 +276,10 @@ impl FanOut<'_> {
         }
         // Out of time: what is still missing timed out. Dropping `run.events` below cancels
         // every call still in flight.
+        for call in run.calls.values() {
+            self.loads
+                .record_given_up(&call.searcher_id, call.sent.elapsed());
+        }
         let missing: Vec<u32> = run
             .shards
             .iter()
@@ -407,6 +413,7 @@ impl FanOut<'_> {
                     shards: call_shards,
                     kind,
                     abort,
+                    sent: Instant::now(),
                 },
             );
         }
@@ -543,7 +550,7 @@ impl FanOut<'_> {
             metrics::shards_retried(retry.len());
             self.send(run, CallKind::Retry, retry);
         }
-        run.cancel_losers();
+        run.cancel_losers(self.loads);
     }
 
     fn on_hedge_due(&self, run: &mut Run, id: usize) {
@@ -997,14 +1004,40 @@ mod tests {
         assert_eq!(observed.finished.load(Ordering::SeqCst), 0);
         assert_eq!(fixture.loads.snapshot("s1").outstanding, 0);
         assert_eq!(fixture.loads.snapshot("s2").outstanding, 0);
+        // The lost call counts as at least that slow, so the next search starts on s2.
+        let stalled = fixture.loads.snapshot("s1").latency_micros.unwrap();
+        assert!(stalled >= 20_000.0, "{stalled}");
+        let result = fixture
+            .search(
+                &[0],
+                Duration::from_secs(3),
+                &hedge_after(Duration::from_millis(20)),
+            )
+            .await;
+        assert_eq!(
+            (
+                result.reports[0].searcher_id.as_str(),
+                result.reports[0].attempts
+            ),
+            ("s2", 1)
+        );
 
-        // Without hedging the same search waits for the slow replica.
+        // Without hedging a search that lands on the slow replica waits for it.
+        let fixture = Fixture::new(
+            &[
+                ("s1", Behaviour::Delay(Duration::from_secs(5))),
+                ("s2", Behaviour::Answer),
+            ],
+            &[&["s1", "s2"]],
+        )
+        .await;
         let started = std::time::Instant::now();
         let result = fixture
             .search(&[0], Duration::from_millis(300), &NO_HEDGING)
             .await;
         assert_eq!(outcome(&result.reports[0]), ShardOutcome::TimedOut);
         assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(fixture.loads.snapshot("s1").latency_micros.unwrap() >= 290_000.0);
     }
 
     #[tokio::test]

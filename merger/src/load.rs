@@ -34,7 +34,8 @@ struct LatencyWindow {
     samples: Box<[u32; LATENCY_WINDOW]>,
     /// Samples ever recorded; the next goes to `recorded % LATENCY_WINDOW`.
     recorded: u64,
-    ewma_micros: f64,
+    /// The average replica choice compares; also raised by lower bounds (calls given up).
+    ewma_micros: Option<f64>,
     /// (percentile, value, `recorded` when computed).
     cached: Option<(f64, Duration, u64)>,
 }
@@ -44,7 +45,7 @@ impl LatencyWindow {
         LatencyWindow {
             samples: Box::new([0; LATENCY_WINDOW]),
             recorded: 0,
-            ewma_micros: 0.0,
+            ewma_micros: None,
             cached: None,
         }
     }
@@ -52,12 +53,26 @@ impl LatencyWindow {
     fn record(&mut self, latency: Duration) {
         let micros = latency.as_micros().min(u128::from(u32::MAX)) as u32;
         self.samples[(self.recorded % LATENCY_WINDOW as u64) as usize] = micros;
-        self.ewma_micros = if self.recorded == 0 {
-            f64::from(micros)
-        } else {
-            EWMA_WEIGHT * f64::from(micros) + (1.0 - EWMA_WEIGHT) * self.ewma_micros
-        };
+        self.blend(f64::from(micros));
         self.recorded += 1;
+    }
+
+    /// A call given up after `latency` (cancelled as a hedge loser, or out of time) would
+    /// have taken at least that long. It raises the average when above it, so that a
+    /// replica that is always hedged away stops looking fast; it stays out of the window,
+    /// so that it does not raise the hedge delay that made it lose.
+    fn record_lower_bound(&mut self, latency: Duration) {
+        let micros = latency.as_micros() as f64;
+        if self.ewma_micros.is_none_or(|average| micros > average) {
+            self.blend(micros);
+        }
+    }
+
+    fn blend(&mut self, micros: f64) {
+        self.ewma_micros = Some(match self.ewma_micros {
+            None => micros,
+            Some(average) => EWMA_WEIGHT * micros + (1.0 - EWMA_WEIGHT) * average,
+        });
     }
 
     fn len(&self) -> usize {
@@ -176,7 +191,7 @@ impl SearcherLoads {
             recently_failed: failed_at > 0
                 && now.saturating_sub(failed_at - 1) < FAILURE_PENALTY.as_millis() as u64,
             outstanding: load.outstanding.load(Ordering::Relaxed),
-            latency_micros: (latencies.recorded > 0).then_some(latencies.ewma_micros),
+            latency_micros: latencies.ewma_micros,
         }
     }
 
@@ -193,6 +208,13 @@ impl SearcherLoads {
         let load = self.searcher(searcher_id);
         lock(&load.latencies).record(latency);
         lock(&self.all).record(latency);
+    }
+
+    /// A call was given up after `latency` without an answer (see
+    /// [`LatencyWindow::record_lower_bound`]).
+    pub fn record_given_up(&self, searcher_id: &str, latency: Duration) {
+        let load = self.searcher(searcher_id);
+        lock(&load.latencies).record_lower_bound(latency);
     }
 
     /// A call failed at the transport (the Searcher is unreachable or going away).
@@ -324,5 +346,29 @@ mod tests {
         assert!(!loads.snapshot("s1").recently_failed);
         loads.record_failure("s1");
         assert!(loads.snapshot("s1").recently_failed);
+    }
+
+    #[test]
+    fn calls_given_up_raise_the_average_but_not_the_hedge_percentile() {
+        let loads = SearcherLoads::new();
+        loads.record_given_up("stalled", Duration::from_millis(5));
+        assert_eq!(loads.snapshot("stalled").latency_micros, Some(5000.0));
+        assert_eq!(loads.searcher_percentile("stalled", 95.0), None);
+        // A lower bound below the average says nothing new.
+        loads.record_given_up("stalled", Duration::from_millis(1));
+        assert_eq!(loads.snapshot("stalled").latency_micros, Some(5000.0));
+        for _ in 0..MIN_SAMPLES {
+            loads.record_answer("s1", Duration::from_millis(1));
+        }
+        loads.record_given_up("s1", Duration::from_millis(9));
+        assert_eq!(loads.snapshot("s1").latency_micros, Some(3000.0));
+        assert_eq!(
+            loads.searcher_percentile("s1", 100.0),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(
+            loads.overall_percentile(100.0),
+            Some(Duration::from_millis(1))
+        );
     }
 }
