@@ -494,6 +494,7 @@ impl FanOut<'_> {
                 }
             }
             Err(status) => {
+                let status = as_deadline_if_timed_out(status, self.deadline);
                 tracing::warn!(
                     collection = %self.template.collection,
                     searcher_id = %call.searcher_id,
@@ -502,8 +503,15 @@ impl FanOut<'_> {
                     message = status.message(),
                     "searcher call failed"
                 );
-                if matches!(status.code(), Code::Unavailable | Code::Unknown) {
-                    self.loads.record_failure(&call.searcher_id);
+                match status.code() {
+                    Code::Unavailable | Code::Unknown => {
+                        self.loads.record_failure(&call.searcher_id)
+                    }
+                    // Out of time on either side: it would have taken at least this long.
+                    Code::DeadlineExceeded => {
+                        self.loads.record_given_up(&call.searcher_id, latency)
+                    }
+                    _ => {}
                 }
                 for shard in &call.shards {
                     if let Some(progress) = run.shards.get_mut(shard) {
@@ -519,7 +527,8 @@ impl FanOut<'_> {
         }
 
         let mut retry = Vec::new();
-        let out_of_time = Instant::now() >= self.deadline;
+        // A retry with less than this left could not answer in time anyway.
+        let out_of_time = self.deadline.saturating_duration_since(Instant::now()) <= DEADLINE_SLACK;
         for shard in failed {
             let Some(progress) = run.shards.get_mut(&shard) else {
                 continue;
@@ -577,6 +586,25 @@ impl FanOut<'_> {
         }
         self.send(run, CallKind::Hedge, shards);
     }
+}
+
+/// How close to the deadline a CANCELLED answer counts as the deadline having passed.
+const DEADLINE_SLACK: Duration = Duration::from_millis(5);
+
+/// tonic answers a call whose gRPC deadline expired on the server with CANCELLED ("Timeout
+/// expired"), not DEADLINE_EXCEEDED, and CANCELLED is otherwise worth a retry. The
+/// Searcher's timer starts after ours (it starts when the request arrives), so a CANCELLED
+/// that arrives at the deadline is that timer: it is reported, and not retried, as what it
+/// is.
+fn as_deadline_if_timed_out(status: Status, deadline: Instant) -> Status {
+    let at_deadline = deadline.saturating_duration_since(Instant::now()) <= DEADLINE_SLACK;
+    if status.code() == Code::Cancelled && at_deadline {
+        return Status::deadline_exceeded(format!(
+            "the search's deadline passed ({})",
+            status.message()
+        ));
+    }
+    status
 }
 
 /// One Searcher call under the search's remaining budget, sent as the gRPC deadline so that
@@ -1183,6 +1211,21 @@ mod tests {
                 fanned[per_round / 2]
             );
         }
+    }
+
+    #[test]
+    fn a_server_side_timeout_reads_as_the_deadline_not_as_a_cancellation() {
+        let now = Instant::now();
+        let expired = as_deadline_if_timed_out(Status::cancelled("Timeout expired"), now);
+        assert_eq!(expired.code(), Code::DeadlineExceeded);
+        assert!(expired.message().contains("Timeout expired"));
+        let early = as_deadline_if_timed_out(
+            Status::cancelled("going away"),
+            now + Duration::from_secs(1),
+        );
+        assert_eq!(early.code(), Code::Cancelled);
+        let other = as_deadline_if_timed_out(Status::unavailable("down"), now);
+        assert_eq!(other.code(), Code::Unavailable);
     }
 
     #[test]
