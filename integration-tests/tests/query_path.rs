@@ -294,6 +294,25 @@ async fn the_deadline_bounds_a_search_and_names_the_shards_that_ran_out_of_time(
     assert_eq!(timed_out.searcher_id, "searcher-2");
     assert!(timed_out.latency_us >= 350_000, "{timed_out:?}");
     assert_eq!(report(&response, 1 - slow).outcome, ShardOutcome::Ok as i32);
+
+    // The client's own gRPC deadline bounds the search the same way, and the partial
+    // answer arrives before the client gives up.
+    let mut request = search_request(&name, base.row(3), 5);
+    request.min_coverage = Some(0.5);
+    let mut call = tonic::Request::new(request);
+    call.set_timeout(Duration::from_millis(600));
+    let started = Instant::now();
+    let response = client
+        .search(call)
+        .await
+        .expect("a partial answer within the client's deadline")
+        .into_inner();
+    assert!(started.elapsed() < Duration::from_millis(600));
+    assert!(response.partial);
+    assert_eq!(
+        report(&response, slow).outcome,
+        ShardOutcome::TimedOut as i32
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -179,7 +179,7 @@ impl Merger {
             default
         };
         if let Some(client_timeout) = client_timeout {
-            budget = budget.min(client_timeout);
+            budget = budget.min(client_timeout.saturating_sub(reply_margin(client_timeout)));
         }
         Instant::now() + budget
     }
@@ -320,6 +320,13 @@ impl Merger {
             ),
         })
     }
+}
+
+/// tonic ends a call at the client's gRPC deadline by itself (answering CANCELLED), so work
+/// bounded by that deadline stops this much earlier: what it found — a partial answer, or
+/// which shards timed out — then still reaches the client.
+fn reply_margin(client_timeout: Duration) -> Duration {
+    (client_timeout / 10).min(Duration::from_millis(10))
 }
 
 fn remaining(deadline: Instant) -> Result<Duration, Status> {
@@ -1044,6 +1051,29 @@ mod tests {
             .iter()
             .map(|point| (point.id.as_str(), point.score))
             .collect()
+    }
+
+    #[test]
+    fn the_earliest_deadline_wins_and_a_client_deadline_keeps_a_reply_margin() {
+        let budget = |default_ms: u64, requested_ms: u32, client_ms: Option<u64>| {
+            let deadline = Merger::deadline(
+                Duration::from_millis(default_ms),
+                requested_ms,
+                client_ms.map(Duration::from_millis),
+            );
+            // Rounded to milliseconds: the call itself takes a little time.
+            (deadline
+                .saturating_duration_since(Instant::now())
+                .as_micros() as u64
+                + 500)
+                / 1000
+        };
+        assert_eq!(budget(10_000, 0, None), 10_000);
+        assert_eq!(budget(10_000, 300, None), 300);
+        assert_eq!(budget(10_000, 300, Some(5_000)), 300);
+        assert_eq!(budget(10_000, 0, Some(400)), 390);
+        assert_eq!(budget(10_000, 0, Some(20)), 18);
+        assert_eq!(budget(10_000, 5_000, Some(400)), 390);
     }
 
     #[test]
