@@ -54,8 +54,9 @@ struct Args {
     log_json: bool,
     /// Threads running the async work (gRPC serving, fan-out); default: one per core. Each
     /// search hops between several tasks (server stream, fan-out, client connection), and
-    /// on a small machine those hops across threads cost more latency than a second thread
-    /// gains: see docs/benchmarks.md. Big merges run on a separate blocking pool either way.
+    /// hops across threads cost latency, so fewer workers can answer a lone search sooner;
+    /// measure before relying on it (docs/benchmarks.md). Big merges run on a separate
+    /// blocking pool either way.
     #[arg(long, env = "QUIVER_WORKER_THREADS")]
     worker_threads: Option<usize>,
 }
