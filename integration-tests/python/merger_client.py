@@ -79,6 +79,20 @@ def main():
         timeout=30,
     )
     expect(response.shards_answered == response.shards_total == 2, f"all shards: {response}")
+    expect(response.coverage == 1.0 and not response.partial, f"full coverage: {response}")
+    expect([report.shard for report in response.shards] == [0, 1], f"a report per shard: {response}")
+    expect(all(report.outcome == common_pb2.SHARD_OUTCOME_OK and report.attempts >= 1
+               for report in response.shards), f"every shard answered: {response.shards}")
+    # min_coverage is a proto3 optional field: absent differs from any value.
+    expect(not merger_pb2.SearchRequest().HasField("min_coverage"), "min_coverage absent by default")
+    half = merger.Search(
+        merger_pb2.SearchRequest(
+            collection="pydocs", queries=[common_pb2.Vector(values=[2, 0.1, 0])], k=3, min_coverage=0.5
+        ),
+        timeout=30,
+    )
+    expect([n.id for n in half.results[0].neighbors] == ["east", "north-east", "north"],
+           f"min_coverage 0.5 with every shard up: {half}")
     ids = [neighbor.id for neighbor in response.results[0].neighbors]
     expect(ids == ["east", "north-east", "north"], f"cosine order, got {ids}")
     scores = [neighbor.score for neighbor in response.results[0].neighbors]
@@ -100,6 +114,9 @@ def main():
             collection="pydocs", queries=[common_pb2.Vector(values=[1, 0, 0])], k=0), timeout=30)),
         ("payload not an object", lambda: merger.Upsert(merger_pb2.UpsertRequest(
             collection="pydocs", points=[common_pb2.Point(id="x", vector=[1, 0, 0], payload_json="[1]")]),
+            timeout=30)),
+        ("min_coverage above 1", lambda: merger.Search(merger_pb2.SearchRequest(
+            collection="pydocs", queries=[common_pb2.Vector(values=[1, 0, 0])], k=1, min_coverage=1.5),
             timeout=30)),
     ]:
         try:

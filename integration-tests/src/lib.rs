@@ -2,8 +2,12 @@
 //! `quiver-merger` processes on 127.0.0.1, each started on port 0 and awaited through its
 //! ready file (no pick-a-port race, no blind sleeps). Everything is killed on drop.
 //!
-//! The binaries come from the workspace's target directory: `scripts/test.sh` builds them
-//! before running the tests.
+//! The binaries come from the target directory the tests were built in (`target/`, or
+//! `$CARGO_TARGET_DIR`): `scripts/test.sh` builds them before running the tests.
+//!
+//! [`ClusterOptions`] starts Searchers and the Merger with extra flags (say, the Searcher's
+//! test-only fault injection, or the Merger's hedging off); [`Cluster::start_merger`] adds
+//! another Merger with its own flags to a running cluster.
 
 use std::{
     path::{Path, PathBuf},
@@ -47,6 +51,8 @@ pub struct SearcherProcess {
     pub id: String,
     pub address: String,
     pub data_dir: PathBuf,
+    /// The extra flags it was started with (kept for restarts).
+    pub args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -89,56 +95,140 @@ impl Drop for SearcherProcess {
     }
 }
 
+/// A Merger process beside the cluster's own (see [`Cluster::start_merger`]); killed on drop.
+pub struct MergerProcess {
+    pub name: String,
+    pub address: String,
+    child: Option<Child>,
+}
+
+impl MergerProcess {
+    pub async fn client(&self) -> MergerClient<Channel> {
+        connect_merger(&self.address).await
+    }
+}
+
+impl Drop for MergerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What [`Cluster::start_with`] starts.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub searchers: usize,
+    pub lease_ttl_secs: u64,
+    /// Extra flags for Searcher `i` (`searcher-{i + 1}`); Searchers past the end get none.
+    pub searcher_args: Vec<Vec<String>>,
+    /// Extra flags for the Merger.
+    pub merger_args: Vec<String>,
+}
+
+impl ClusterOptions {
+    pub fn new(searchers: usize, lease_ttl_secs: u64) -> ClusterOptions {
+        ClusterOptions {
+            searchers,
+            lease_ttl_secs,
+            searcher_args: Vec::new(),
+            merger_args: Vec::new(),
+        }
+    }
+
+    /// Extra flags for the Searcher at `index`.
+    pub fn searcher_args(mut self, index: usize, args: &[&str]) -> ClusterOptions {
+        if self.searcher_args.len() <= index {
+            self.searcher_args.resize(index + 1, Vec::new());
+        }
+        self.searcher_args[index] = args.iter().map(|arg| arg.to_string()).collect();
+        self
+    }
+
+    pub fn merger_args(mut self, args: &[&str]) -> ClusterOptions {
+        self.merger_args = args.iter().map(|arg| arg.to_string()).collect();
+        self
+    }
+}
+
 pub struct Cluster {
     pub etcd: EtcdServer,
     pub searchers: Vec<SearcherProcess>,
     pub merger_address: String,
     pub lease_ttl_secs: u64,
-    merger: Option<Child>,
+    merger: Option<MergerProcess>,
     work: TempDir,
 }
 
 impl Cluster {
     /// etcd, `searchers` Searchers (ids `searcher-1`…) and one Merger.
     pub async fn start(searchers: usize, lease_ttl_secs: u64) -> Cluster {
+        Cluster::start_with(ClusterOptions::new(searchers, lease_ttl_secs)).await
+    }
+
+    /// etcd, Searchers and one Merger, with the extra flags `options` gives.
+    pub async fn start_with(options: ClusterOptions) -> Cluster {
         let etcd = EtcdServer::start().expect("start etcd (scripts/test.sh installs it)");
         let work = tempfile::tempdir().expect("temp dir");
         let mut cluster = Cluster {
             etcd,
             searchers: Vec::new(),
             merger_address: String::new(),
-            lease_ttl_secs,
+            lease_ttl_secs: options.lease_ttl_secs,
             merger: None,
             work,
         };
-        for number in 1..=searchers {
-            let searcher = cluster.spawn_searcher(&format!("searcher-{number}"));
+        for index in 0..options.searchers {
+            let args = options
+                .searcher_args
+                .get(index)
+                .cloned()
+                .unwrap_or_default();
+            let searcher = cluster.spawn_searcher(&format!("searcher-{}", index + 1), args);
             cluster.searchers.push(searcher);
         }
         for searcher in &mut cluster.searchers {
             searcher.address =
                 wait_ready(&ready_file(cluster.work.path(), &searcher.id), &searcher.id);
         }
-        let merger_ready = cluster.work.path().join("merger.ready");
-        let merger = Command::new(binary("quiver-merger"))
+        let args: Vec<&str> = options.merger_args.iter().map(String::as_str).collect();
+        let merger = cluster.start_merger("merger", &args);
+        cluster.merger_address = merger.address.clone();
+        cluster.merger = Some(merger);
+        cluster
+    }
+
+    /// Starts a Merger named `name` (its log is `<name>.log`) on this cluster's etcd, with
+    /// extra flags, and waits until it serves.
+    pub fn start_merger(&self, name: &str, args: &[&str]) -> MergerProcess {
+        let ready = ready_file(self.work.path(), name);
+        let _ = std::fs::remove_file(&ready);
+        let child = Command::new(binary("quiver-merger"))
             .args([
                 "--listen",
                 "127.0.0.1:0",
                 "--etcd-endpoints",
-                &cluster.etcd.endpoint,
+                &self.etcd.endpoint,
             ])
             .arg("--ready-file")
-            .arg(&merger_ready)
+            .arg(&ready)
+            .args(args)
             .stdout(Stdio::null())
-            .stderr(log_file(cluster.work.path(), "merger"))
+            .stderr(log_file(self.work.path(), name))
             .spawn()
             .expect("spawn quiver-merger");
-        cluster.merger = Some(merger);
-        cluster.merger_address = wait_ready(&merger_ready, "merger");
-        cluster
+        let mut merger = MergerProcess {
+            name: name.to_string(),
+            address: String::new(),
+            child: Some(child),
+        };
+        merger.address = wait_ready(&ready, name);
+        merger
     }
 
-    fn spawn_searcher(&self, id: &str) -> SearcherProcess {
+    fn spawn_searcher(&self, id: &str, args: Vec<String>) -> SearcherProcess {
         let data_dir = self.work.path().join(id);
         let ready = ready_file(self.work.path(), id);
         let _ = std::fs::remove_file(&ready);
@@ -150,6 +240,7 @@ impl Cluster {
             .arg(&data_dir)
             .arg("--ready-file")
             .arg(&ready)
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(log_file(self.work.path(), id))
             .spawn()
@@ -158,30 +249,23 @@ impl Cluster {
             id: id.to_string(),
             address: String::new(),
             data_dir,
+            args,
             child: Some(child),
         }
     }
 
-    /// Starts the Searcher at `index` again with the same id and data directory.
+    /// Starts the Searcher at `index` again with the same id, data directory and flags.
     pub fn restart_searcher(&mut self, index: usize) {
         let id = self.searchers[index].id.clone();
+        let args = self.searchers[index].args.clone();
         self.searchers[index].kill();
-        let mut searcher = self.spawn_searcher(&id);
+        let mut searcher = self.spawn_searcher(&id, args);
         searcher.address = wait_ready(&ready_file(self.work.path(), &id), &id);
         self.searchers[index] = searcher;
     }
 
     pub async fn client(&self) -> MergerClient<Channel> {
-        let channel = Channel::from_shared(self.merger_address.clone())
-            .expect("merger address")
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(120))
-            .connect()
-            .await
-            .expect("connect to merger");
-        MergerClient::new(channel)
-            .max_decoding_message_size(quiver_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(quiver_proto::MAX_MESSAGE_BYTES)
+        connect_merger(&self.merger_address).await
     }
 
     /// Runs the real `etcdctl` against this cluster's etcd and returns its stdout.
@@ -221,14 +305,37 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if let Some(mut merger) = self.merger.take() {
-            let _ = merger.kill();
-            let _ = merger.wait();
-        }
+        drop(self.merger.take());
         for searcher in &mut self.searchers {
             searcher.kill();
         }
     }
+}
+
+/// A client of the Merger at `address` with generous limits.
+pub async fn connect_merger(address: &str) -> MergerClient<Channel> {
+    let channel = Channel::from_shared(address.to_string())
+        .expect("merger address")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(120))
+        .connect()
+        .await
+        .expect("connect to merger");
+    MergerClient::new(channel)
+        .max_decoding_message_size(quiver_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(quiver_proto::MAX_MESSAGE_BYTES)
+}
+
+/// The value of an unlabelled Prometheus counter or gauge that the service at `address`
+/// serves at `/metrics` (0 when it has not been touched yet).
+pub fn metric_value(address: &str, name: &str) -> f64 {
+    let (status, body) = http_get(address, "/metrics");
+    assert!(status.contains("200"), "GET /metrics answered {status}");
+    body.lines()
+        .filter_map(|line| line.strip_prefix(name))
+        .find_map(|rest| rest.strip_prefix(' '))
+        .map(|value| value.trim().parse().expect("a metric value"))
+        .unwrap_or(0.0)
 }
 
 fn ready_file(work: &Path, name: &str) -> PathBuf {
@@ -294,6 +401,111 @@ pub fn collection_config(
             index_spec: "flat".into(),
         }),
     }
+}
+
+/// The exact top k of `query` over the rows of `base` that `keep(row)` admits (ids are row
+/// numbers), ties broken by id as the API orders them.
+pub fn brute_force(
+    metric: quiver_index::Metric,
+    base: &quiver_index::dataset::Vectors,
+    query: &[f32],
+    k: usize,
+    keep: impl Fn(usize) -> bool,
+) -> Vec<(String, f32)> {
+    use quiver_index::{normalize_in_place, Metric};
+    let mut query = query.to_vec();
+    if metric == Metric::Cosine {
+        normalize_in_place(&mut query);
+    }
+    let mut scored: Vec<(String, f32)> = base
+        .rows()
+        .enumerate()
+        .filter(|(row, _)| keep(*row))
+        .map(|(row, vector)| {
+            let mut vector = vector.to_vec();
+            if metric == Metric::Cosine {
+                normalize_in_place(&mut vector);
+            }
+            (row.to_string(), metric.score(&query, &vector))
+        })
+        .collect();
+    scored.sort_by(|left, right| {
+        metric
+            .compare_scores(left.1, right.1)
+            .then_with(|| left.0.cmp(&right.0))
+    });
+    scored.truncate(k);
+    scored
+}
+
+/// Asserts that `found` has brute force's ids in its order, and its scores up to float
+/// rounding (the index sums in another order than [`brute_force`]).
+pub fn assert_same_results(found: &[(String, f32)], expected: &[(String, f32)], what: &str) {
+    let found_ids: Vec<&str> = found.iter().map(|(id, _)| id.as_str()).collect();
+    let expected_ids: Vec<&str> = expected.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        found_ids, expected_ids,
+        "{what}: ids differ from brute force"
+    );
+    for ((_, found_score), (_, expected_score)) in found.iter().zip(expected) {
+        let tolerance = 1e-5 * expected_score.abs().max(1.0);
+        assert!(
+            (found_score - expected_score).abs() <= tolerance,
+            "{what}: score {found_score} vs brute force {expected_score}"
+        );
+    }
+}
+
+/// (id, score) of every neighbour of one query's result.
+pub fn id_scores(result: &quiver_proto::v1::QueryResult) -> Vec<(String, f32)> {
+    result
+        .neighbors
+        .iter()
+        .map(|neighbor| (neighbor.id.clone(), neighbor.score))
+        .collect()
+}
+
+/// A search for one query vector.
+pub fn search_request(collection: &str, query: &[f32], k: u32) -> quiver_proto::v1::SearchRequest {
+    quiver_proto::v1::SearchRequest {
+        collection: collection.to_string(),
+        queries: vec![quiver_proto::v1::Vector {
+            values: query.to_vec(),
+        }],
+        k,
+        ..quiver_proto::v1::SearchRequest::default()
+    }
+}
+
+/// Each query's answer through the cluster, checked against brute force, to compare later
+/// answers with exactly (replicas hold the same data and compute the same floats).
+pub async fn reference_results(
+    client: &mut MergerClient<Channel>,
+    collection: &str,
+    base: &quiver_index::dataset::Vectors,
+    queries: &quiver_index::dataset::Vectors,
+    k: u32,
+) -> Vec<quiver_proto::v1::QueryResult> {
+    let mut results = Vec::new();
+    for row in 0..queries.len() {
+        let response = client
+            .search(search_request(collection, queries.row(row), k))
+            .await
+            .expect("reference search")
+            .into_inner();
+        assert!(!response.partial);
+        let result = response.results.into_iter().next().unwrap();
+        let expected = brute_force(
+            quiver_index::Metric::L2,
+            base,
+            queries.row(row),
+            k as usize,
+            |_| true,
+        );
+        assert_same_results(&id_scores(&result), &expected, &format!("query {row}"));
+        results.push(result);
+    }
+    results
 }
 
 /// Upserts every row of `vectors` with its row number as id, in batches.

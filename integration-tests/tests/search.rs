@@ -5,35 +5,14 @@ use std::time::Duration;
 
 use quiver_index::{
     dataset::{self, Vectors},
-    normalize_in_place, Metric,
+    Metric,
 };
 use quiver_integration_tests::{collection_config, eventually, shared_data, upsert_rows, Cluster};
 use quiver_proto::v1::{self, DescribeCollectionRequest, ReplicaState, SearchRequest, Vector};
 
 /// The exact top k of `query` over every row, ties broken by id as the API orders them.
 fn brute_force(metric: Metric, base: &Vectors, query: &[f32], k: usize) -> Vec<(String, f32)> {
-    let mut query = query.to_vec();
-    if metric == Metric::Cosine {
-        normalize_in_place(&mut query);
-    }
-    let mut scored: Vec<(String, f32)> = base
-        .rows()
-        .enumerate()
-        .map(|(row, vector)| {
-            let mut vector = vector.to_vec();
-            if metric == Metric::Cosine {
-                normalize_in_place(&mut vector);
-            }
-            (row.to_string(), metric.score(&query, &vector))
-        })
-        .collect();
-    scored.sort_by(|left, right| {
-        metric
-            .compare_scores(left.1, right.1)
-            .then_with(|| left.0.cmp(&right.0))
-    });
-    scored.truncate(k);
-    scored
+    quiver_integration_tests::brute_force(metric, base, query, k, |_| true)
 }
 
 async fn search_all(
@@ -61,11 +40,20 @@ async fn search_all(
             .expect("search")
             .into_inner();
         assert_eq!(response.shards_answered, response.shards_total);
+        assert!(!response.partial);
+        assert_eq!(response.coverage, 1.0);
         assert!(
             response.failed_shards.is_empty(),
             "{:?}",
             response.failed_shards
         );
+        assert_eq!(response.shards.len() as u32, response.shards_total);
+        for report in &response.shards {
+            assert_eq!(report.outcome, v1::ShardOutcome::Ok as i32, "{report:?}");
+            assert_eq!(report.code, "OK");
+            assert!(!report.searcher_id.is_empty());
+            assert!(report.attempts >= 1);
+        }
         assert_eq!(response.results.len(), chunk.len());
         for result in response.results {
             results.push(
@@ -81,19 +69,7 @@ async fn search_all(
 }
 
 fn assert_same_results(found: &[(String, f32)], expected: &[(String, f32)], query: usize) {
-    let found_ids: Vec<&str> = found.iter().map(|(id, _)| id.as_str()).collect();
-    let expected_ids: Vec<&str> = expected.iter().map(|(id, _)| id.as_str()).collect();
-    assert_eq!(
-        found_ids, expected_ids,
-        "query {query}: ids differ from brute force"
-    );
-    for ((_, found_score), (_, expected_score)) in found.iter().zip(expected) {
-        let tolerance = 1e-5 * expected_score.abs().max(1.0);
-        assert!(
-            (found_score - expected_score).abs() <= tolerance,
-            "query {query}: score {found_score} vs brute force {expected_score}"
-        );
-    }
+    quiver_integration_tests::assert_same_results(found, expected, &format!("query {query}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,15 +1,20 @@
 //! The Quiver Merger: the service clients call.
 //!
 //! - [`service`]: the [`service::MergerService`] trait and [`service::Merger`]: validation,
-//!   routing, concurrent fan-out with one retry on another replica, the exact top-k merge,
-//!   and replicated writes.
+//!   the exact top-k merge, coverage and partial results, and replicated writes.
+//! - [`fanout`]: one search's calls to the Searchers: deadlines, one retry on another
+//!   replica, hedging, and the per-shard report.
+//! - [`load`]: per-Searcher outstanding calls and recent latencies, which replica choice
+//!   and hedging read.
 //! - [`routing`]: which replica answers for which shard, from the watched cluster view.
 //! - [`validate`]: request checks and the documented limits.
 //! - [`grpc`]: the thin gRPC adapter. [`server`]: one process.
 
 pub mod clients;
 pub mod error;
+pub mod fanout;
 pub mod grpc;
+pub mod load;
 pub mod metrics;
 pub mod routing;
 pub mod server;

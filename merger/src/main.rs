@@ -1,7 +1,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
-use quiver_merger::{run, MergerConfig, MergerServerConfig};
+use quiver_merger::{fanout::HedgeConfig, run, MergerConfig, MergerServerConfig};
 
 /// Quiver Merger: the gRPC service clients call. Stateless; run as many as you like.
 #[derive(Debug, Parser)]
@@ -30,18 +30,61 @@ struct Args {
     /// Deadline of a write or get that sets none, in milliseconds.
     #[arg(long, env = "QUIVER_WRITE_TIMEOUT_MS", default_value_t = 30_000)]
     write_timeout_ms: u64,
+    /// Hedge slow Searcher calls: send the shards of a call that has not answered within
+    /// its hedge delay to a second replica; the first answer wins, the other is cancelled.
+    /// `--hedging false` turns it off.
+    #[arg(long, env = "QUIVER_HEDGING", default_value_t = true, action = clap::ArgAction::Set)]
+    hedging: bool,
+    /// A fixed hedge delay in milliseconds instead of the adaptive one (a percentile of
+    /// recent Searcher latencies, see --hedge-percentile).
+    #[arg(long, env = "QUIVER_HEDGE_AFTER_MS")]
+    hedge_after_ms: Option<u64>,
+    /// The adaptive hedge delay: this percentile of recent answer latencies, the lower of
+    /// the called Searcher's own and all Searchers' together.
+    #[arg(long, env = "QUIVER_HEDGE_PERCENTILE", default_value_t = 95.0)]
+    hedge_percentile: f64,
+    /// The shortest adaptive hedge delay, in milliseconds.
+    #[arg(long, env = "QUIVER_HEDGE_MIN_DELAY_MS", default_value_t = 2)]
+    hedge_min_delay_ms: u64,
     /// Write the bound address to this file once serving.
     #[arg(long)]
     ready_file: Option<PathBuf>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "QUIVER_LOG_JSON")]
     log_json: bool,
+    /// Threads running the async work (gRPC serving, fan-out); default: one per core. Each
+    /// search hops between several tasks (server stream, fan-out, client connection), and
+    /// hops across threads cost latency, so fewer workers can answer a lone search sooner;
+    /// measure before relying on it (docs/benchmarks.md). Big merges run on a separate
+    /// blocking pool either way.
+    #[arg(long, env = "QUIVER_WORKER_THREADS")]
+    worker_threads: Option<usize>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.worker_threads {
+        anyhow::ensure!(threads > 0, "--worker-threads must be at least 1");
+        runtime.worker_threads(threads);
+    }
+    runtime.enable_all().build()?.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     quiver_cluster::telemetry::init_logging(args.log_json);
+    anyhow::ensure!(
+        args.hedge_percentile > 0.0 && args.hedge_percentile <= 100.0,
+        "--hedge-percentile must be above 0 and at most 100"
+    );
+    let hedging = HedgeConfig {
+        enabled: args.hedging,
+        fixed_delay: args.hedge_after_ms.map(Duration::from_millis),
+        percentile: args.hedge_percentile,
+        min_delay: Duration::from_millis(args.hedge_min_delay_ms),
+        ..HedgeConfig::default()
+    };
+    tracing::info!(?hedging, "search hedging");
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let config = MergerServerConfig {
         etcd_endpoints: args.etcd_endpoints,
@@ -50,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         merger: MergerConfig {
             search_timeout: Duration::from_millis(args.search_timeout_ms),
             write_timeout: Duration::from_millis(args.write_timeout_ms),
+            hedging,
             ..MergerConfig::default()
         },
         ready_file: args.ready_file,

@@ -33,6 +33,30 @@ static SEARCH_RETRIES: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+static HEDGES_SENT: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "quiver_merger_hedges_sent_total",
+        "Hedge calls: still-missing shards of a slow Searcher call sent to another replica."
+    )
+    .expect("metric registers once")
+});
+
+static HEDGES_WON: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "quiver_merger_hedges_won_total",
+        "Hedge calls that answered a shard before the call they hedged."
+    )
+    .expect("metric registers once")
+});
+
+static PARTIAL_RESULTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "quiver_merger_partial_results_total",
+        "Searches answered with some shards missing (coverage below 1, at or above min_coverage)."
+    )
+    .expect("metric registers once")
+});
+
 static REPLICA_WRITE_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "quiver_merger_replica_write_failures_total",
@@ -48,6 +72,18 @@ pub fn shard_failed(code: &str) {
 
 pub fn shards_retried(count: usize) {
     SEARCH_RETRIES.inc_by(count as u64);
+}
+
+pub fn hedge_sent() {
+    HEDGES_SENT.inc();
+}
+
+pub fn hedge_won() {
+    HEDGES_WON.inc();
+}
+
+pub fn partial_result() {
+    PARTIAL_RESULTS.inc();
 }
 
 pub fn replica_write_failed(code: &str) {

@@ -1,9 +1,11 @@
 //! Which Searcher answers for which shard. Pure functions over a [`ClusterState`] snapshot,
 //! so the search path never reads etcd.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use quiver_cluster::{ClusterState, SearcherRecord};
+
+use crate::load::LoadSnapshot;
 
 /// The calls of one search round: each Searcher gets one call covering all its shards.
 #[derive(Debug, Default, PartialEq)]
@@ -62,17 +64,27 @@ fn rotation_offset(rotation: u64, shard: u32, count: usize) -> usize {
 }
 
 /// Picks one ACTIVE replica per shard, skipping Searchers in `excluded(shard)` (those
-/// already tried). Up-to-date replicas come first, rotating by `rotation` so that load
-/// spreads over them; a lagging replica (see [`read_candidates`]) is picked only when no
-/// up-to-date one is left, the least behind first.
+/// already asked for it). Among the up-to-date replicas (see [`read_candidates`]) the
+/// choice is, in order:
+///
+/// 1. not one whose Searcher failed at the transport moments ago ([`LoadSnapshot`]);
+/// 2. the fewest outstanding shard searches, counting those this plan already gave it, so
+///    the shards of one search spread over Searchers and run in parallel;
+/// 3. the lowest recent latency (unknown counts as none, so a new or returning Searcher
+///    gets tried);
+/// 4. only among exact equals, a rotation by `rotation`, so that idle replicas share work.
+///
+/// A lagging replica is picked only when no up-to-date one is left, the least behind first.
 pub fn plan_search(
     state: &ClusterState,
     collection: &str,
     shards: &[u32],
     rotation: u64,
     excluded: impl Fn(u32) -> HashSet<String>,
+    load: impl Fn(&str) -> LoadSnapshot,
 ) -> SearchPlan {
     let mut plan = SearchPlan::default();
+    let mut planned: HashMap<String, usize> = HashMap::new();
     for shard in shards {
         let skip = excluded(*shard);
         let candidates = read_candidates(state, collection, *shard);
@@ -87,17 +99,44 @@ pub fn plan_search(
                 .into_iter()
                 .find(|searcher| !skip.contains(&searcher.id))
         } else {
-            Some(current[rotation_offset(rotation, *shard, current.len())])
+            let offset = rotation_offset(rotation, *shard, current.len());
+            current
+                .iter()
+                .enumerate()
+                .map(|(position, searcher)| {
+                    let snapshot = load(&searcher.id);
+                    let outstanding = snapshot.outstanding
+                        + planned.get(searcher.id.as_str()).copied().unwrap_or(0);
+                    let rank = (position + current.len() - offset) % current.len();
+                    (
+                        (
+                            snapshot.recently_failed,
+                            outstanding,
+                            snapshot.latency_micros.unwrap_or(0.0),
+                            rank,
+                        ),
+                        *searcher,
+                    )
+                })
+                .min_by(|(left, _), (right, _)| {
+                    left.0
+                        .cmp(&right.0)
+                        .then(left.1.cmp(&right.1))
+                        .then(left.2.total_cmp(&right.2))
+                        .then(left.3.cmp(&right.3))
+                })
+                .map(|(_, searcher)| searcher)
         };
         let Some(chosen) = chosen else {
             let reason = if skip.is_empty() {
                 "no ACTIVE replica on a live searcher"
             } else {
-                "no other ACTIVE replica to retry on"
+                "no other ACTIVE replica to try"
             };
             plan.unroutable.push((*shard, reason.to_string()));
             continue;
         };
+        *planned.entry(chosen.id.clone()).or_default() += 1;
         plan.calls
             .entry(chosen.id.clone())
             .or_insert_with(|| (chosen.address.clone(), Vec::new()))
@@ -195,9 +234,117 @@ mod tests {
         state
     }
 
+    fn idle(_: &str) -> LoadSnapshot {
+        LoadSnapshot::UNKNOWN
+    }
+
+    fn loaded(
+        outstanding: &[(&str, usize)],
+        latency: &[(&str, f64)],
+    ) -> impl Fn(&str) -> LoadSnapshot {
+        let outstanding: HashMap<String, usize> = outstanding
+            .iter()
+            .map(|(id, count)| (id.to_string(), *count))
+            .collect();
+        let latency: HashMap<String, f64> = latency
+            .iter()
+            .map(|(id, micros)| (id.to_string(), *micros))
+            .collect();
+        move |id: &str| LoadSnapshot {
+            recently_failed: false,
+            outstanding: outstanding.get(id).copied().unwrap_or(0),
+            latency_micros: latency.get(id).copied(),
+        }
+    }
+
+    #[test]
+    fn fewest_outstanding_first_then_lowest_latency() {
+        // Shard 0 lives on s1 and s2.
+        for rotation in 0..4 {
+            let plan = plan_search(
+                &state(),
+                "c",
+                &[0],
+                rotation,
+                |_| HashSet::new(),
+                loaded(&[("s1", 3), ("s2", 1)], &[("s1", 100.0), ("s2", 900.0)]),
+            );
+            assert_eq!(chosen(&plan), vec!["s2"], "fewer outstanding wins");
+            let plan = plan_search(
+                &state(),
+                "c",
+                &[0],
+                rotation,
+                |_| HashSet::new(),
+                loaded(&[("s1", 2), ("s2", 2)], &[("s1", 900.0), ("s2", 100.0)]),
+            );
+            assert_eq!(chosen(&plan), vec!["s2"], "equal load: the faster wins");
+            let plan = plan_search(
+                &state(),
+                "c",
+                &[0],
+                rotation,
+                |_| HashSet::new(),
+                loaded(&[], &[("s1", 400.0)]),
+            );
+            assert_eq!(chosen(&plan), vec!["s2"], "an unknown latency gets tried");
+        }
+    }
+
+    #[test]
+    fn a_recently_failed_searcher_is_avoided_but_still_used_when_alone() {
+        let failed = |id: &str| LoadSnapshot {
+            recently_failed: id == "s1",
+            ..LoadSnapshot::UNKNOWN
+        };
+        for rotation in 0..4 {
+            let plan = plan_search(&state(), "c", &[0], rotation, |_| HashSet::new(), failed);
+            assert_eq!(chosen(&plan), vec!["s2"]);
+        }
+        let plan = plan_search(
+            &state(),
+            "c",
+            &[0],
+            0,
+            |_| HashSet::from(["s2".to_string()]),
+            failed,
+        );
+        assert_eq!(chosen(&plan), vec!["s1"]);
+    }
+
+    #[test]
+    fn the_shards_of_one_search_spread_over_searchers() {
+        // Every searcher holds both shards: the second goes where the first did not.
+        let mut state = state();
+        state.assignments.insert(
+            ("c".into(), 1),
+            AssignmentRecord {
+                replicas: vec!["s1".into(), "s2".into()],
+            },
+        );
+        state.replicas.insert(
+            ("c".into(), 1, "s1".to_string()),
+            ReplicaRecord {
+                state: ReplicaPhase::Active,
+                point_count: 0,
+                applied_seq: 0,
+            },
+        );
+        let plan = plan_search(
+            &state,
+            "c",
+            &[0, 1],
+            0,
+            |_| HashSet::new(),
+            loaded(&[], &[("s1", 100.0), ("s2", 300_000.0)]),
+        );
+        assert_eq!(plan.calls["s1"].1, vec![0]);
+        assert_eq!(plan.calls["s2"].1, vec![1]);
+    }
+
     #[test]
     fn one_call_per_searcher_and_every_shard_routed() {
-        let plan = plan_search(&state(), "c", &[0, 1, 2], 0, |_| HashSet::new());
+        let plan = plan_search(&state(), "c", &[0, 1, 2], 0, |_| HashSet::new(), idle);
         assert!(plan.unroutable.is_empty());
         let routed: usize = plan.calls.values().map(|(_, shards)| shards.len()).sum();
         assert_eq!(routed, 3);
@@ -207,7 +354,7 @@ mod tests {
     fn rotation_spreads_reads_over_replicas() {
         let chosen: HashSet<String> = (0..4)
             .map(|rotation| {
-                let plan = plan_search(&state(), "c", &[0], rotation, |_| HashSet::new());
+                let plan = plan_search(&state(), "c", &[0], rotation, |_| HashSet::new(), idle);
                 plan.calls.keys().next().unwrap().clone()
             })
             .collect();
@@ -216,13 +363,23 @@ mod tests {
 
     #[test]
     fn retry_excludes_tried_searchers_and_reports_exhaustion() {
-        let plan = plan_search(&state(), "c", &[0], 0, |_| {
-            HashSet::from(["s1".to_string()])
-        });
+        let plan = plan_search(
+            &state(),
+            "c",
+            &[0],
+            0,
+            |_| HashSet::from(["s1".to_string()]),
+            idle,
+        );
         assert_eq!(plan.calls.keys().collect::<Vec<_>>(), vec!["s2"]);
-        let plan = plan_search(&state(), "c", &[0], 0, |_| {
-            HashSet::from(["s1".to_string(), "s2".to_string()])
-        });
+        let plan = plan_search(
+            &state(),
+            "c",
+            &[0],
+            0,
+            |_| HashSet::from(["s1".to_string(), "s2".to_string()]),
+            idle,
+        );
         assert!(plan.calls.is_empty());
         assert_eq!(plan.unroutable.len(), 1);
     }
@@ -231,7 +388,7 @@ mod tests {
     fn dead_searchers_are_not_routed_and_fail_writes() {
         let mut state = state();
         state.searchers.remove("s1");
-        let plan = plan_search(&state, "c", &[0, 2], 0, |_| HashSet::new());
+        let plan = plan_search(&state, "c", &[0, 2], 0, |_| HashSet::new(), idle);
         assert!(!plan.calls.contains_key("s1"));
         assert!(plan.unroutable.is_empty());
         let targets = write_targets(&state, "c", 0);
@@ -270,7 +427,7 @@ mod tests {
         let state = with_shard_3([4, 2, 4]);
         let mut seen = HashSet::new();
         for rotation in 0..100 {
-            let plan = plan_search(&state, "c", &[3], rotation, |_| HashSet::new());
+            let plan = plan_search(&state, "c", &[3], rotation, |_| HashSet::new(), idle);
             assert!(plan.unroutable.is_empty());
             let searcher = chosen(&plan)[0].to_string();
             assert_ne!(
@@ -287,23 +444,45 @@ mod tests {
     fn lagging_replica_serves_the_retry_when_the_up_to_date_ones_were_tried() {
         let state = with_shard_3([4, 2, 4]);
         for rotation in 0..4 {
-            let plan = plan_search(&state, "c", &[3], rotation, |_| {
-                HashSet::from(["s1".to_string(), "s3".to_string()])
-            });
+            let plan = plan_search(
+                &state,
+                "c",
+                &[3],
+                rotation,
+                |_| HashSet::from(["s1".to_string(), "s3".to_string()]),
+                idle,
+            );
             assert_eq!(chosen(&plan), vec!["s2"]);
             assert!(plan.unroutable.is_empty());
         }
         // Two lagging replicas: the least behind is asked first.
         let state = with_shard_3([9, 2, 5]);
-        let plan = plan_search(&state, "c", &[3], 0, |_| HashSet::from(["s1".to_string()]));
+        let plan = plan_search(
+            &state,
+            "c",
+            &[3],
+            0,
+            |_| HashSet::from(["s1".to_string()]),
+            idle,
+        );
         assert_eq!(chosen(&plan), vec!["s3"]);
-        let plan = plan_search(&state, "c", &[3], 0, |_| {
-            HashSet::from(["s1".to_string(), "s3".to_string()])
-        });
+        let plan = plan_search(
+            &state,
+            "c",
+            &[3],
+            0,
+            |_| HashSet::from(["s1".to_string(), "s3".to_string()]),
+            idle,
+        );
         assert_eq!(chosen(&plan), vec!["s2"]);
-        let plan = plan_search(&state, "c", &[3], 0, |_| {
-            HashSet::from(["s1".to_string(), "s2".to_string(), "s3".to_string()])
-        });
+        let plan = plan_search(
+            &state,
+            "c",
+            &[3],
+            0,
+            |_| HashSet::from(["s1".to_string(), "s2".to_string(), "s3".to_string()]),
+            idle,
+        );
         assert!(plan.calls.is_empty());
         assert_eq!(plan.unroutable.len(), 1);
     }
@@ -314,7 +493,7 @@ mod tests {
         let mut state = with_shard_3([9, 2, 5]);
         state.searchers.remove("s1");
         for rotation in 0..4 {
-            let plan = plan_search(&state, "c", &[3], rotation, |_| HashSet::new());
+            let plan = plan_search(&state, "c", &[3], rotation, |_| HashSet::new(), idle);
             assert_eq!(chosen(&plan), vec!["s3"]);
         }
         // A BOOTING replica does not count either.

@@ -6,7 +6,7 @@ use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
 use quiver_cluster::{ClusterView, EtcdStore, KeySchema, MetadataStore};
 use quiver_proto::v1::merger_server::MergerServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::{
     error::{Error, Result},
@@ -63,6 +63,9 @@ pub async fn run(
         .layer(tower::util::MapResponseLayer::new(
             quiver_proto::oversized_message_as_resource_exhausted,
         ))
+        // Ignored for a listener handed in (tonic applies it only to addresses it binds
+        // itself): the accepted sockets get TCP_NODELAY from TcpIncoming below. Without it
+        // Nagle's algorithm holds a response behind the peer's delayed ACK, 40 ms a call.
         .tcp_nodelay(true)
         // HTTP/1 is for Prometheus scraping /metrics; gRPC stays on HTTP/2.
         .accept_http1(true)
@@ -71,7 +74,10 @@ pub async fn run(
                 .add_service(reflection)
                 .add_service(merger_service),
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
         .map_err(|error| Error::Internal(format!("grpc server: {error}")))?;
     tracing::info!("merger stopped");

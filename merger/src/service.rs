@@ -28,7 +28,7 @@ use quiver_proto::{
         ListCollectionsResponse, Point, QueryResult, ReplicaDeleteRequest, ReplicaDescription,
         ReplicaFailure, ReplicaGetRequest, ReplicaUpsertRequest, ReplicaWriteResponse, ScoredPoint,
         SearchRequest, SearchResponse, SearcherDescription, ShardDescription, ShardFailure,
-        ShardSearchRequest, ShardSearchResponse, UpsertRequest, UpsertResponse,
+        ShardOutcome, ShardReport, ShardSearchRequest, UpsertRequest, UpsertResponse,
     },
 };
 use tokio::time::Instant;
@@ -37,6 +37,8 @@ use tonic::{Code, Status};
 use crate::{
     clients::SearcherClients,
     error::{retryable, Error, Result},
+    fanout::{FanOut, FanOutOutcome, HedgeConfig, SearchAnswer},
+    load::SearcherLoads,
     metrics, routing, validate,
 };
 
@@ -48,6 +50,8 @@ pub struct MergerConfig {
     pub write_timeout: Duration,
     /// How long CreateCollection waits for the new replicas to become ACTIVE.
     pub create_wait: Duration,
+    /// When a slow Searcher call's shards go to a second replica.
+    pub hedging: HedgeConfig,
 }
 
 impl Default for MergerConfig {
@@ -56,6 +60,7 @@ impl Default for MergerConfig {
             search_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             create_wait: Duration::from_secs(15),
+            hedging: HedgeConfig::default(),
         }
     }
 }
@@ -99,10 +104,20 @@ pub struct Merger {
     store: Arc<dyn MetadataStore>,
     schema: KeySchema,
     view: ClusterView,
-    clients: SearcherClients,
-    /// Advances per request so consecutive searches start on different replicas.
+    clients: Arc<SearcherClients>,
+    /// Outstanding calls and recent latencies per Searcher: replica choice and hedging.
+    loads: Arc<SearcherLoads>,
+    /// Advances per request: the last tie-break between otherwise equal replicas.
     rotation: AtomicU64,
     config: MergerConfig,
+    /// Drops the connections and load counters of Searchers that left the cluster.
+    pruner: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Merger {
+    fn drop(&mut self) {
+        self.pruner.abort();
+    }
 }
 
 enum ReplicaWrite {
@@ -125,14 +140,28 @@ impl Merger {
         view: ClusterView,
         config: MergerConfig,
     ) -> Merger {
+        let clients = Arc::new(SearcherClients::new(Duration::from_secs(2)));
+        let loads = Arc::new(SearcherLoads::new());
+        let pruner = tokio::spawn(prune_departed_searchers(
+            view.subscribe(),
+            Arc::clone(&clients),
+            Arc::clone(&loads),
+        ));
         Merger {
             store,
             schema,
             view,
-            clients: SearcherClients::new(Duration::from_secs(2)),
+            clients,
+            loads,
             rotation: AtomicU64::new(0),
             config,
+            pruner,
         }
+    }
+
+    /// The per-Searcher load and latency the Merger tracks (for tests and diagnostics).
+    pub fn loads(&self) -> &SearcherLoads {
+        &self.loads
     }
 
     fn collection(state: &ClusterState, name: &str) -> Result<CollectionRecord> {
@@ -150,22 +179,9 @@ impl Merger {
             default
         };
         if let Some(client_timeout) = client_timeout {
-            budget = budget.min(client_timeout);
+            budget = budget.min(client_timeout.saturating_sub(reply_margin(client_timeout)));
         }
         Instant::now() + budget
-    }
-
-    async fn call_search(
-        &self,
-        address: &str,
-        request: ShardSearchRequest,
-        deadline: Instant,
-    ) -> Result<ShardSearchResponse, Status> {
-        let remaining = remaining(deadline)?;
-        let mut client = self.clients.client(address).map_err(Status::from)?;
-        let mut request = tonic::Request::new(request);
-        request.set_timeout(remaining);
-        with_deadline(remaining, client.search(request)).await
     }
 
     async fn call_write(
@@ -304,6 +320,13 @@ impl Merger {
             ),
         })
     }
+}
+
+/// tonic ends a call at the client's gRPC deadline by itself (answering CANCELLED), so work
+/// bounded by that deadline stops this much earlier: what it found — a partial answer, or
+/// which shards timed out — then still reaches the client.
+fn reply_margin(client_timeout: Duration) -> Duration {
+    (client_timeout / 10).min(Duration::from_millis(10))
 }
 
 fn remaining(deadline: Instant) -> Result<Duration, Status> {
@@ -669,6 +692,7 @@ impl MergerService for Merger {
         let collection = Self::collection(&state, &request.collection)?;
         validate::search(&collection, &request.queries, request.k, &request.shards)?;
         validate::search_params(request.params.as_ref())?;
+        let min_coverage = validate::min_coverage(request.min_coverage)?;
         let deadline = Self::deadline(
             self.config.search_timeout,
             request.timeout_ms,
@@ -680,145 +704,53 @@ impl MergerService for Merger {
             request.shards.clone()
         };
         let query_count = request.queries.len();
-        let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
-        let template = ShardSearchRequest {
-            collection: collection.name.clone(),
-            shards: Vec::new(),
-            queries: request.queries,
-            k: request.k,
-            with_payloads: request.with_payloads,
-            with_vectors: request.with_vectors,
-            params: request.params,
+        let fan_out = FanOut {
+            clients: &self.clients,
+            loads: &self.loads,
+            view: &self.view,
+            hedging: &self.config.hedging,
+            template: ShardSearchRequest {
+                collection: collection.name.clone(),
+                shards: Vec::new(),
+                queries: request.queries,
+                k: request.k,
+                with_payloads: request.with_payloads,
+                with_vectors: request.with_vectors,
+                params: request.params,
+            },
+            deadline,
+            rotation: self.rotation.fetch_add(1, Ordering::Relaxed),
         };
+        let FanOutOutcome { answers, reports } = fan_out.run(&shards).await;
 
-        let mut tried: HashMap<u32, HashSet<String>> = HashMap::new();
-        let mut pending = shards.clone();
-        let mut answered: HashSet<u32> = HashSet::new();
-        let mut failures: BTreeMap<u32, ShardFailure> = BTreeMap::new();
-        let mut per_query: Vec<Vec<Vec<ScoredPoint>>> = vec![Vec::new(); query_count];
-
-        // A first round, then one retry of the shards that failed in a way another replica
-        // may not, as long as time is left.
-        for attempt in 0..2u64 {
-            if pending.is_empty() || Instant::now() >= deadline {
-                break;
-            }
-            if attempt > 0 {
-                metrics::shards_retried(pending.len());
-            }
-            let plan = routing::plan_search(
-                &state,
-                &collection.name,
-                &pending,
-                rotation.wrapping_add(attempt),
-                |shard| tried.get(&shard).cloned().unwrap_or_default(),
-            );
-            for (shard, reason) in plan.unroutable {
-                failures.entry(shard).or_insert(ShardFailure {
-                    shard,
-                    searcher_id: String::new(),
-                    code: code_name(Code::Unavailable).into(),
-                    message: reason,
-                });
-            }
-            let calls = plan
-                .calls
-                .into_iter()
-                .map(|(searcher_id, (address, call_shards))| {
-                    for shard in &call_shards {
-                        tried.entry(*shard).or_default().insert(searcher_id.clone());
-                    }
-                    let mut call = template.clone();
-                    call.shards = call_shards.clone();
-                    async move {
-                        let result = self.call_search(&address, call, deadline).await;
-                        (searcher_id, call_shards, result)
-                    }
-                });
-            let outcomes = join_all(calls).await;
-            pending.clear();
-            for (searcher_id, call_shards, result) in outcomes {
-                match result {
-                    Ok(response) => {
-                        for shard in &response.searched_shards {
-                            answered.insert(*shard);
-                            failures.remove(shard);
-                        }
-                        for failure in response.failed_shards {
-                            if retryable(code_from_name(&failure.code)) {
-                                pending.push(failure.shard);
-                            }
-                            failures.insert(failure.shard, failure);
-                        }
-                        for (query, result) in response.results.into_iter().enumerate() {
-                            if let Some(lists) = per_query.get_mut(query) {
-                                lists.push(result.neighbors);
-                            }
-                        }
-                    }
-                    Err(status) => {
-                        tracing::warn!(
-                            collection = %collection.name,
-                            %searcher_id,
-                            code = ?status.code(),
-                            message = status.message(),
-                            "searcher call failed"
-                        );
-                        for shard in call_shards {
-                            if retryable(status.code()) {
-                                pending.push(shard);
-                            }
-                            failures.insert(
-                                shard,
-                                ShardFailure {
-                                    shard,
-                                    searcher_id: searcher_id.clone(),
-                                    code: code_name(status.code()).into(),
-                                    message: status.message().to_string(),
-                                },
-                            );
-                        }
-                    }
-                }
+        for report in &reports {
+            if report.outcome != ShardOutcome::Ok as i32 {
+                metrics::shard_failed(&report.code);
             }
         }
-
-        for failure in failures.values() {
-            metrics::shard_failed(&failure.code);
-        }
-        if answered.is_empty() {
-            let all_timed_out = failures
-                .values()
-                .all(|failure| failure.code == code_name(Code::DeadlineExceeded));
-            let first = failures.values().next();
-            let message = format!(
-                "no shard answered ({} shard(s) failed{})",
-                failures.len(),
-                first.map_or(String::new(), |failure| format!(
-                    "; shard {}: {} {}",
-                    failure.shard, failure.code, failure.message
-                ))
-            );
-            return Err(if all_timed_out && !failures.is_empty() {
-                Error::DeadlineExceeded(message)
-            } else {
-                Error::Unavailable(message)
-            });
-        }
-        if request.require_all_shards && !failures.is_empty() {
-            let missing: Vec<String> = failures.keys().map(u32::to_string).collect();
-            return Err(Error::Unavailable(format!(
-                "shards {} did not answer and require_all_shards is set",
-                missing.join(", ")
-            )));
-        }
-
+        let coverage = check_coverage(&reports, min_coverage)?;
+        let per_query = answer_lists(answers, query_count, collection.num_shards);
         let results = merge_results(collection.metric, request.k as usize, per_query).await?;
+        if coverage.partial {
+            metrics::partial_result();
+        }
         Ok(SearchResponse {
             results,
-            shards_total: shards.len() as u32,
-            shards_answered: answered.len() as u32,
-            failed_shards: failures.into_values().collect(),
+            shards_total: coverage.total as u32,
+            shards_answered: coverage.answered as u32,
+            failed_shards: reports
+                .iter()
+                .filter(|report| report.outcome != ShardOutcome::Ok as i32)
+                .map(|report| ShardFailure {
+                    shard: report.shard,
+                    searcher_id: report.searcher_id.clone(),
+                    code: report.code.clone(),
+                    message: report.message.clone(),
+                })
+                .collect(),
+            shards: reports,
+            coverage: coverage.fraction,
+            partial: coverage.partial,
         })
     }
 
@@ -887,20 +819,162 @@ async fn run_blocking<T: Send + 'static>(
         .map_err(|error| Error::Internal(format!("{what} failed: {error}")))
 }
 
-/// Every query's merge, on the blocking pool: up to 1024 queries, each over every Searcher's
-/// top k (k up to 1024), is too much CPU work for an async worker.
+/// Merges with fewer hits than this in all run inline: handing them to the blocking pool
+/// would cost more than the merge itself (the Merger's overhead on a search is measured in
+/// tens of microseconds; see docs/benchmarks.md).
+const INLINE_MERGE_MAX_HITS: usize = 1024;
+
+/// Every query's merge. One answer needs none: a Searcher's list is already the exact top k
+/// of its shards in the API's order. Up to 1024 queries, each over every Searcher's top k
+/// (k up to 1024), is too much CPU work for an async worker, so big merges run on the
+/// blocking pool.
 async fn merge_results(
     metric: Metric,
     k: usize,
     per_query: Vec<Vec<Vec<ScoredPoint>>>,
 ) -> Result<Vec<QueryResult>> {
-    run_blocking("merging search results", move || {
+    let inline = hit_count(&per_query) <= INLINE_MERGE_MAX_HITS;
+    let merge = move || -> Vec<QueryResult> {
         per_query
             .into_iter()
-            .map(|lists| merge_query(metric, k, lists))
+            .map(|mut lists| {
+                if lists.len() == 1 {
+                    let mut neighbors = lists.pop().unwrap_or_default();
+                    neighbors.truncate(k);
+                    return QueryResult { neighbors };
+                }
+                merge_query(metric, k, lists)
+            })
             .collect()
+    };
+    if inline {
+        return Ok(merge());
+    }
+    run_blocking("merging search results", merge).await
+}
+
+fn hit_count(per_query: &[Vec<Vec<ScoredPoint>>]) -> usize {
+    per_query
+        .iter()
+        .flat_map(|lists| lists.iter().map(Vec::len))
+        .sum()
+}
+
+/// How much of a search answered.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Coverage {
+    total: usize,
+    answered: usize,
+    fraction: f64,
+    partial: bool,
+}
+
+/// Whether enough shards answered: `answered / total >= min_coverage`, compared in f32 (the
+/// request's type, so that 0.3 with 3 of 10 shards passes), and always at least one shard.
+/// Below it, the error names every missing shard and why; it is DEADLINE_EXCEEDED when all
+/// of them ran out of time, UNAVAILABLE otherwise.
+fn check_coverage(reports: &[ShardReport], min_coverage: f32) -> Result<Coverage> {
+    let total = reports.len();
+    let answered = reports
+        .iter()
+        .filter(|report| report.outcome == ShardOutcome::Ok as i32)
+        .count();
+    let fraction = if total == 0 {
+        0.0
+    } else {
+        answered as f64 / total as f64
+    };
+    let coverage = Coverage {
+        total,
+        answered,
+        fraction,
+        partial: answered < total,
+    };
+    if answered > 0 && answered as f32 / total as f32 >= min_coverage {
+        return Ok(coverage);
+    }
+    let missing: Vec<&ShardReport> = reports
+        .iter()
+        .filter(|report| report.outcome != ShardOutcome::Ok as i32)
+        .collect();
+    let all_timed_out = missing
+        .iter()
+        .all(|report| report.outcome == ShardOutcome::TimedOut as i32);
+    let detail: Vec<String> = missing
+        .iter()
+        .map(|report| {
+            let outcome = ShardOutcome::try_from(report.outcome)
+                .map_or("UNKNOWN", |outcome| outcome.as_str_name());
+            let on = if report.searcher_id.is_empty() {
+                String::new()
+            } else {
+                format!(" on {}", report.searcher_id)
+            };
+            format!(
+                "shard {}{on}: {} {}: {}",
+                report.shard,
+                outcome.trim_start_matches("SHARD_OUTCOME_"),
+                report.code,
+                report.message
+            )
+        })
+        .collect();
+    let message = format!(
+        "{answered} of {total} shards answered (coverage {fraction:.2}), below min_coverage {min_coverage:.2}; missing: {}",
+        detail.join("; ")
+    );
+    Err(if all_timed_out {
+        Error::DeadlineExceeded(message)
+    } else {
+        Error::Unavailable(message)
     })
-    .await
+}
+
+/// Per query, every answer's list, keeping of each answer only the hits of the shards it
+/// was first to answer for (see [`crate::fanout`]): exact, since a point of the global top
+/// k is in the top k of any set of shards that contains its own.
+fn answer_lists(
+    answers: Vec<SearchAnswer>,
+    query_count: usize,
+    num_shards: u32,
+) -> Vec<Vec<Vec<ScoredPoint>>> {
+    let mut per_query: Vec<Vec<Vec<ScoredPoint>>> = vec![Vec::new(); query_count];
+    for answer in answers {
+        let won_everything = answer
+            .searched
+            .iter()
+            .all(|shard| answer.won.contains(shard));
+        for (query, result) in answer.results.into_iter().enumerate() {
+            let Some(lists) = per_query.get_mut(query) else {
+                continue;
+            };
+            let mut neighbors = result.neighbors;
+            if !won_everything {
+                neighbors.retain(|point| answer.won.contains(&shard_of(&point.id, num_shards)));
+            }
+            lists.push(neighbors);
+        }
+    }
+    per_query
+}
+
+/// Keeps the connection pool and the load counters to the Searchers the cluster has: each
+/// watch update is a cheap snapshot, so this never waits on (nor delays) a search.
+async fn prune_departed_searchers(
+    mut updates: tokio::sync::watch::Receiver<Arc<ClusterState>>,
+    clients: Arc<SearcherClients>,
+    loads: Arc<SearcherLoads>,
+) {
+    while updates.changed().await.is_ok() {
+        let state = updates.borrow_and_update().clone();
+        let addresses: HashSet<&str> = state
+            .searchers
+            .values()
+            .map(|searcher| searcher.address.as_str())
+            .collect();
+        clients.retain(|address| addresses.contains(address));
+        loads.retain(|searcher_id| state.searchers.contains_key(searcher_id));
+    }
 }
 
 /// What one shard's lookup came to: the points it has of those asked for, or its last
@@ -993,6 +1067,29 @@ mod tests {
             .iter()
             .map(|point| (point.id.as_str(), point.score))
             .collect()
+    }
+
+    #[test]
+    fn the_earliest_deadline_wins_and_a_client_deadline_keeps_a_reply_margin() {
+        let budget = |default_ms: u64, requested_ms: u32, client_ms: Option<u64>| {
+            let deadline = Merger::deadline(
+                Duration::from_millis(default_ms),
+                requested_ms,
+                client_ms.map(Duration::from_millis),
+            );
+            // Rounded to milliseconds: the call itself takes a little time.
+            (deadline
+                .saturating_duration_since(Instant::now())
+                .as_micros() as u64
+                + 500)
+                / 1000
+        };
+        assert_eq!(budget(10_000, 0, None), 10_000);
+        assert_eq!(budget(10_000, 300, None), 300);
+        assert_eq!(budget(10_000, 300, Some(5_000)), 300);
+        assert_eq!(budget(10_000, 0, Some(400)), 390);
+        assert_eq!(budget(10_000, 0, Some(20)), 18);
+        assert_eq!(budget(10_000, 5_000, Some(400)), 390);
     }
 
     #[test]
@@ -1098,6 +1195,143 @@ mod tests {
         .unwrap_err();
         assert_eq!(error.code(), Code::Unavailable);
         assert!(error.to_string().contains("no shard answered"));
+    }
+
+    fn shard_report(shard: u32, outcome: ShardOutcome) -> ShardReport {
+        let code = match outcome {
+            ShardOutcome::Ok => Code::Ok,
+            ShardOutcome::TimedOut => Code::DeadlineExceeded,
+            _ => Code::Unavailable,
+        };
+        ShardReport {
+            shard,
+            outcome: outcome as i32,
+            searcher_id: if outcome == ShardOutcome::NoLiveReplica {
+                String::new()
+            } else {
+                format!("s{shard}")
+            },
+            code: code_name(code).into(),
+            message: if outcome == ShardOutcome::Ok {
+                String::new()
+            } else {
+                "gone".into()
+            },
+            latency_us: 1,
+            attempts: 1,
+        }
+    }
+
+    fn reports(outcomes: &[ShardOutcome]) -> Vec<ShardReport> {
+        outcomes
+            .iter()
+            .enumerate()
+            .map(|(shard, outcome)| shard_report(shard as u32, *outcome))
+            .collect()
+    }
+
+    #[test]
+    fn coverage_at_or_above_the_minimum_is_a_flagged_partial_answer() {
+        use ShardOutcome::{Failed, Ok as Answered, TimedOut};
+        let all = check_coverage(&reports(&[Answered, Answered]), 1.0).unwrap();
+        assert_eq!((all.answered, all.total, all.partial), (2, 2, false));
+        assert_eq!(all.fraction, 1.0);
+        let half = check_coverage(&reports(&[Answered, Failed]), 0.5).unwrap();
+        assert_eq!((half.fraction, half.partial), (0.5, true));
+        // 3 of 10 meets 0.3 exactly, although 0.3 is not exact in binary.
+        let mut ten = vec![Answered; 3];
+        ten.extend([TimedOut; 7]);
+        assert!(check_coverage(&reports(&ten), 0.3).is_ok());
+        assert!(check_coverage(&reports(&ten), 0.31).is_err());
+        // Never an answer from no shard at all, however small the minimum.
+        let error = check_coverage(&reports(&[Failed, Failed]), 0.0001).unwrap_err();
+        assert_eq!(error.code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn coverage_below_the_minimum_names_the_missing_shards() {
+        use ShardOutcome::{Failed, NoLiveReplica, Ok as Answered, TimedOut};
+        let error = check_coverage(&reports(&[Answered, Failed, NoLiveReplica]), 1.0).unwrap_err();
+        assert_eq!(error.code(), Code::Unavailable);
+        let message = error.to_string();
+        assert!(message.contains("1 of 3 shards answered"), "{message}");
+        assert!(
+            message.contains("shard 1 on s1: FAILED UNAVAILABLE: gone"),
+            "{message}"
+        );
+        assert!(
+            message.contains("shard 2: NO_LIVE_REPLICA UNAVAILABLE"),
+            "{message}"
+        );
+        assert!(!message.contains("shard 0"), "{message}");
+        // Every missing shard ran out of time: DEADLINE_EXCEEDED.
+        let error = check_coverage(&reports(&[Answered, TimedOut, TimedOut]), 1.0).unwrap_err();
+        assert_eq!(error.code(), Code::DeadlineExceeded);
+        assert!(error
+            .to_string()
+            .contains("shard 2 on s2: TIMED_OUT DEADLINE_EXCEEDED"));
+        let error = check_coverage(&reports(&[Answered, TimedOut, Failed]), 1.0).unwrap_err();
+        assert_eq!(error.code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn an_answer_counts_only_for_the_shards_it_won() {
+        let num_shards = 2;
+        let on = |shard: u32| -> Vec<String> {
+            (0..)
+                .map(|number| format!("id{number}"))
+                .filter(|id| shard_of(id, num_shards) == shard)
+                .take(2)
+                .collect()
+        };
+        let (zero, one) = (on(0), on(1));
+        // A slow call covered shards 0 and 1 and answered after a hedge had already
+        // answered shard 0 (with an older copy of a point, scored differently).
+        let slow = SearchAnswer {
+            results: vec![QueryResult {
+                neighbors: vec![
+                    scored(&zero[0], 0.5),
+                    scored(&one[0], 1.0),
+                    scored(&zero[1], 1.5),
+                    scored(&one[1], 2.0),
+                ],
+            }],
+            searched: vec![0, 1],
+            won: vec![1],
+        };
+        let hedge = SearchAnswer {
+            results: vec![QueryResult {
+                neighbors: vec![scored(&zero[0], 0.7), scored(&zero[1], 1.2)],
+            }],
+            searched: vec![0],
+            won: vec![0],
+        };
+        let lists = answer_lists(vec![slow, hedge], 1, num_shards);
+        let merged = merge_query(Metric::L2, 4, lists[0].clone());
+        assert_eq!(
+            ids(&merged),
+            vec![
+                (zero[0].as_str(), 0.7),
+                (one[0].as_str(), 1.0),
+                (zero[1].as_str(), 1.2),
+                (one[1].as_str(), 2.0)
+            ],
+            "shard 0's points come from the answer that won shard 0 only"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_single_answer_needs_no_merge_and_small_merges_stay_inline() {
+        let per_query = vec![vec![vec![
+            scored("a", 1.0),
+            scored("b", 2.0),
+            scored("c", 3.0),
+        ]]];
+        let results = merge_results(Metric::L2, 2, per_query).await.unwrap();
+        assert_eq!(ids(&results[0]), vec![("a", 1.0), ("b", 2.0)]);
+        let per_query = vec![vec![vec![scored("a", 1.0)], vec![scored("b", 0.5)]]];
+        let results = merge_results(Metric::L2, 2, per_query).await.unwrap();
+        assert_eq!(ids(&results[0]), vec![("b", 0.5), ("a", 1.0)]);
     }
 
     /// On a single-threaded runtime, a task spawned just before `work` can run before `work`

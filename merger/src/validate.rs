@@ -173,6 +173,20 @@ pub fn search(
     Ok(())
 }
 
+/// The request's `min_coverage`: absent means 1.0 (every shard, or an error); otherwise in
+/// (0, 1].
+pub fn min_coverage(requested: Option<f32>) -> Result<f32> {
+    let Some(value) = requested else {
+        return Ok(1.0);
+    };
+    if !(value > 0.0 && value <= 1.0) {
+        return Err(Error::InvalidArgument(format!(
+            "min_coverage must be above 0 and at most 1, got {value}"
+        )));
+    }
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +254,19 @@ mod tests {
             .map(|index| point(&index.to_string(), vec![1.0, 1.0], ""))
             .collect();
         assert!(points(&record, &too_many).is_err());
+    }
+
+    #[test]
+    fn min_coverage_defaults_to_every_shard_and_is_bounded() {
+        assert_eq!(min_coverage(None).unwrap(), 1.0);
+        assert_eq!(min_coverage(Some(0.5)).unwrap(), 0.5);
+        assert_eq!(min_coverage(Some(1.0)).unwrap(), 1.0);
+        for bad in [0.0, -0.5, 1.01, f32::NAN, f32::INFINITY] {
+            assert!(
+                matches!(min_coverage(Some(bad)), Err(Error::InvalidArgument(_))),
+                "{bad} must be refused"
+            );
+        }
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub enum Error {
     Cluster(#[from] quiver_cluster::Error),
     #[error("internal: {0}")]
     Internal(String),
+    /// Test-only fault injection ([`crate::fault`]) failed the call on purpose.
+    #[error("{0}")]
+    InjectedFault(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -51,6 +54,7 @@ impl Error {
             // The Searcher meets etcd only off the request path (registration, watching).
             Error::Cluster(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
+            Error::InjectedFault(_) => Code::Unavailable,
         }
     }
 }

@@ -5,8 +5,10 @@
 //! - [`grpc`]: the thin gRPC adapter.
 //! - [`reconcile`]: follows the assignments in etcd, opening and closing replicas.
 //! - [`server`]: wires one process together.
+//! - [`fault`]: test-only fault injection (slow or failing searches).
 
 pub mod error;
+pub mod fault;
 pub mod grpc;
 pub mod metrics;
 pub mod point;

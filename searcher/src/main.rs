@@ -1,7 +1,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
-use quiver_searcher::{run, SearcherConfig};
+use quiver_searcher::{fault::FaultConfig, run, SearcherConfig};
 
 /// Quiver Searcher: hosts shard replicas of collections and registers itself in etcd.
 #[derive(Debug, Parser)]
@@ -42,6 +42,16 @@ struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "QUIVER_LOG_JSON")]
     log_json: bool,
+    /// TEST ONLY (fault injection): delay this many milliseconds before answering a search.
+    #[arg(long, env = "QUIVER_FAULT_DELAY_MS", default_value_t = 0)]
+    fault_delay_ms: u64,
+    /// TEST ONLY (fault injection): the fraction (0 to 1) of searches that are delayed.
+    #[arg(long, env = "QUIVER_FAULT_DELAY_FRACTION", default_value_t = 1.0)]
+    fault_delay_fraction: f64,
+    /// TEST ONLY (fault injection): the fraction (0 to 1) of searches that fail with
+    /// UNAVAILABLE. Hits are evenly spread and deterministic (1.0: every search).
+    #[arg(long, env = "QUIVER_FAULT_FAIL_FRACTION", default_value_t = 0.0)]
+    fault_fail_fraction: f64,
 }
 
 #[tokio::main]
@@ -62,6 +72,11 @@ async fn main() -> anyhow::Result<()> {
         lease_ttl: Duration::from_secs(args.lease_ttl_secs),
         etcd_timeout: Duration::from_millis(args.etcd_timeout_ms),
         ready_file: args.ready_file,
+        faults: FaultConfig {
+            delay: Duration::from_millis(args.fault_delay_ms),
+            delay_fraction: args.fault_delay_fraction,
+            fail_fraction: args.fault_fail_fraction,
+        },
     };
     run(
         config,

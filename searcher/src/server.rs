@@ -16,10 +16,11 @@ use quiver_cluster::{
 };
 use quiver_proto::v1::searcher_server::SearcherServer;
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::{
     error::{Error, Result},
+    fault::{FaultConfig, FaultInjecting},
     grpc::SearcherGrpc,
     reconcile::Reconciler,
     service::SearcherNode,
@@ -39,6 +40,8 @@ pub struct SearcherConfig {
     pub etcd_timeout: Duration,
     /// Written with the advertised address once the Searcher is registered and serving.
     pub ready_file: Option<PathBuf>,
+    /// TEST ONLY: faults to inject into search calls; the default injects none.
+    pub faults: FaultConfig,
 }
 
 /// Serves until `shutdown` completes, then stops gracefully: leaves etcd first so Mergers
@@ -58,6 +61,7 @@ pub async fn run(
         None => load_or_create_id(&config.data_dir)?,
     };
     quiver_cluster::keys::validate_name("searcher id", &searcher_id)?;
+    config.faults.validate()?;
     let bound = listener
         .local_addr()
         .map_err(|error| Error::Internal(format!("listener has no local address: {error}")))?;
@@ -81,12 +85,19 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|error| Error::Internal(format!("reflection service: {error}")))?;
-    let searcher_service = SearcherServer::new(SearcherGrpc::new(
-        Arc::clone(&node) as Arc<dyn crate::service::SearcherService>,
-        searcher_id.clone(),
-    ))
-    .max_decoding_message_size(quiver_proto::MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(quiver_proto::MAX_MESSAGE_BYTES);
+    let mut service: Arc<dyn crate::service::SearcherService> = Arc::clone(&node) as _;
+    if config.faults.is_enabled() {
+        tracing::warn!(
+            delay_ms = config.faults.delay.as_millis() as u64,
+            delay_fraction = config.faults.delay_fraction,
+            fail_fraction = config.faults.fail_fraction,
+            "TEST-ONLY fault injection is enabled: searches will be delayed or failed on purpose"
+        );
+        service = Arc::new(FaultInjecting::new(service, &config.faults));
+    }
+    let searcher_service = SearcherServer::new(SearcherGrpc::new(service, searcher_id.clone()))
+        .max_decoding_message_size(quiver_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(quiver_proto::MAX_MESSAGE_BYTES);
 
     let (stop_server, mut server_stop_signal) = watch::channel(false);
     let server = tokio::spawn(
@@ -94,6 +105,9 @@ pub async fn run(
             .layer(tower::util::MapResponseLayer::new(
                 quiver_proto::oversized_message_as_resource_exhausted,
             ))
+            // Ignored for a listener handed in (tonic applies it only to addresses it binds
+            // itself): the accepted sockets get TCP_NODELAY from TcpIncoming below. Without it
+            // Nagle's algorithm holds a response behind the peer's delayed ACK, 40 ms a call.
             .tcp_nodelay(true)
             // HTTP/1 is for Prometheus scraping /metrics; gRPC stays on HTTP/2.
             .accept_http1(true)
@@ -102,9 +116,12 @@ pub async fn run(
                     .add_service(reflection)
                     .add_service(searcher_service),
             ))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                let _ = server_stop_signal.wait_for(|stop| *stop).await;
-            }),
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async move {
+                    let _ = server_stop_signal.wait_for(|stop| *stop).await;
+                },
+            ),
     );
 
     let record = SearcherRecord {

@@ -88,6 +88,10 @@ enum Command {
         /// How many queries' neighbours to print.
         #[arg(long, default_value_t = 1)]
         show: usize,
+        /// Accept answers from at least this fraction of the shards (0 to 1; the server's
+        /// default is 1: every shard, or an error).
+        #[arg(long)]
+        min_coverage: Option<f32>,
     },
     /// Write a synthetic data set (base, queries, exact L2 ground truth) in the .fvecs/.ivecs
     /// layout, for trying Quiver where no real data set is at hand.
@@ -239,6 +243,7 @@ async fn main() -> anyhow::Result<()> {
             k,
             batch,
             show,
+            min_coverage,
         } => {
             let queries = dataset::read_fvecs(&queries)
                 .with_context(|| format!("reading {}", queries.display()))?;
@@ -254,9 +259,12 @@ async fn main() -> anyhow::Result<()> {
                 &name,
                 &queries,
                 truth.as_deref(),
-                k,
-                batch.max(1),
-                show,
+                SearchOptions {
+                    k,
+                    batch: batch.max(1),
+                    show,
+                    min_coverage,
+                },
             )
             .await?;
         }
@@ -312,15 +320,29 @@ async fn load(
     Ok(())
 }
 
+/// How `quiverctl search` queries.
+struct SearchOptions {
+    k: u32,
+    /// Queries per request.
+    batch: usize,
+    /// How many queries' neighbours to print.
+    show: usize,
+    min_coverage: Option<f32>,
+}
+
 async fn search(
     client: &mut MergerClient<Channel>,
     name: &str,
     queries: &Vectors,
     truth: Option<&[Vec<u32>]>,
-    k: u32,
-    batch: usize,
-    show: usize,
+    options: SearchOptions,
 ) -> anyhow::Result<()> {
+    let SearchOptions {
+        k,
+        batch,
+        show,
+        min_coverage,
+    } = options;
     let started = Instant::now();
     let mut found: Vec<Vec<u64>> = Vec::with_capacity(queries.len());
     let mut partial_responses = 0usize;
@@ -337,17 +359,24 @@ async fn search(
                     .collect(),
                 k,
                 with_payloads: true,
+                min_coverage,
                 ..SearchRequest::default()
             })
             .await
             .context("search")?
             .into_inner();
-        if response.shards_answered < response.shards_total {
+        if response.partial {
             partial_responses += 1;
             eprintln!(
-                "warning: only {} of {} shards answered",
-                response.shards_answered, response.shards_total
+                "warning: only {} of {} shards answered (coverage {:.2})",
+                response.shards_answered, response.shards_total, response.coverage
             );
+            for failure in &response.failed_shards {
+                eprintln!(
+                    "  shard {} on {}: {} {}",
+                    failure.shard, failure.searcher_id, failure.code, failure.message
+                );
+            }
         }
         for (offset, result) in response.results.iter().enumerate() {
             let query_number = chunk[offset];
