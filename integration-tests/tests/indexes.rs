@@ -3,13 +3,12 @@
 //! per-query overrides reach the index, replicas reopen their index after a SIGKILL, and
 //! specs no Searcher could build are refused at CreateCollection with nothing written.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quiver_index::dataset::{self, Vectors};
-use quiver_integration_tests::{collection_config, eventually, shared_data, upsert_rows, Cluster};
+use quiver_integration_tests::{collection_config, shared_data, upsert_rows, Cluster};
 use quiver_proto::v1::{
-    self, merger_client::MergerClient, DescribeCollectionRequest, ListCollectionsRequest,
-    SearchParams, SearchRequest, Vector,
+    self, merger_client::MergerClient, ListCollectionsRequest, SearchParams, SearchRequest, Vector,
 };
 use tonic::{transport::Channel, Code};
 
@@ -40,6 +39,19 @@ async fn recall(
     truth: &[Vec<u32>],
     params: Option<SearchParams>,
 ) -> f64 {
+    try_recall(client, collection, queries, truth, params)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// recall@10 of one complete search, or why the search was not complete.
+async fn try_recall(
+    client: &mut MergerClient<Channel>,
+    collection: &str,
+    queries: &Vectors,
+    truth: &[Vec<u32>],
+    params: Option<SearchParams>,
+) -> Result<f64, String> {
     let response = client
         .search(SearchRequest {
             collection: collection.into(),
@@ -54,12 +66,14 @@ async fn recall(
             ..SearchRequest::default()
         })
         .await
-        .unwrap_or_else(|status| panic!("{collection}: {status:?}"))
+        .map_err(|status| format!("{collection}: {status:?}"))?
         .into_inner();
-    assert_eq!(
-        response.shards_answered, response.shards_total,
-        "{collection}"
-    );
+    if response.shards_answered != response.shards_total {
+        return Err(format!(
+            "{collection}: {} of {} shards answered",
+            response.shards_answered, response.shards_total
+        ));
+    }
     let found: Vec<Vec<u64>> = response
         .results
         .iter()
@@ -71,7 +85,7 @@ async fn recall(
                 .collect()
         })
         .collect();
-    dataset::recall_at_k(&found, truth, 10)
+    Ok(dataset::recall_at_k(&found, truth, 10))
 }
 
 async fn create(client: &mut MergerClient<Channel>, name: &str, shards: u32, spec: &str) {
@@ -187,39 +201,20 @@ async fn approximate_indexes_meet_their_recall_floors_through_the_cluster() {
     // snapshot and log, and answers as well as before.
     cluster.restart_searcher(0);
     cluster.restart_searcher(1);
+    // Until the restarted processes re-publish them, etcd still holds the killed ones'
+    // leased keys (ACTIVE, old addresses) for up to the lease TTL, so searches may fail for
+    // a while; what must hold is that they then answer as well as before.
     for ((name, _, spec, floor), previous) in collections.iter().zip(&before) {
-        let mut client_for_wait = client.clone();
-        let name_for_wait = name.to_string();
-        eventually(
-            Duration::from_secs(30),
-            "replicas active again",
-            async || {
-                let description = client_for_wait
-                    .describe_collection(DescribeCollectionRequest {
-                        name: name_for_wait.clone(),
-                    })
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .collection?;
-                description
-                    .shards
-                    .iter()
-                    .all(|shard| {
-                        shard
-                            .replicas
-                            .iter()
-                            .all(|replica| replica.state == v1::ReplicaState::Active as i32)
-                    })
-                    .then_some(())
-            },
-        )
-        .await;
-        let recall = recall(&mut client, name, &queries, &truth, None).await;
-        assert!(
-            recall >= *floor && (recall - previous).abs() <= 0.02,
-            "{spec}: recall {recall:.4} after restart, {previous:.4} before"
-        );
+        let deadline = Instant::now() + Duration::from_secs(45);
+        loop {
+            let last = match try_recall(&mut client, name, &queries, &truth, None).await {
+                Ok(recall) if recall >= *floor && (recall - previous).abs() <= 0.02 => break,
+                Ok(recall) => format!("recall {recall:.4} after restart, {previous:.4} before"),
+                Err(error) => error,
+            };
+            assert!(Instant::now() < deadline, "{spec}: {last}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
