@@ -141,13 +141,20 @@ async fn a_sigkilled_searcher_costs_a_steady_search_stream_nothing() {
         while_listed >= 10,
         "the stream ran while the dead searcher was still listed"
     );
-    // The dead replica was asked and the shards went to the other replica: the retry path
-    // ran, not just routing around a Searcher etcd no longer lists.
+    // The dead replica was asked and its shards were answered by the other replica, by a
+    // retry after the failure or by a hedge sent while the call hung: the failure path ran,
+    // not just routing around a Searcher etcd no longer lists. Which of the two depends on
+    // whether the reset reached the Merger before the hedge delay.
     let retries = metric_value(
         &cluster.merger_address,
         "quiver_merger_search_retries_total",
     );
-    assert!(retries >= 1.0, "no shard was retried");
+    let hedges_won = metric_value(&cluster.merger_address, "quiver_merger_hedges_won_total");
+    println!("{retries} shards retried, {hedges_won} hedges won");
+    assert!(
+        retries + hedges_won >= 1.0,
+        "no shard was retried or hedged: {retries} retries, {hedges_won} hedges won"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
