@@ -129,6 +129,13 @@ ctl load siftsmall --fvecs "$base" --batch 1000
 quiver_log "running the queries"
 ctl search siftsmall --queries "$queries" --groundtruth "$truth" --k 10 --show 1
 quiver_log "cluster status"
+# Searchers publish their replicas' point counts to etcd a moment after a write (batched,
+# ~300 ms); wait for them so the table below shows what was loaded.
+for _ in $(seq 1 50); do
+    etcdctl --endpoints "$etcd_endpoint" get --prefix /quiver/replicas/siftsmall/ --print-value-only \
+        | grep -q '"point_count":0' || break
+    sleep 0.1
+done
 ctl status
 ctl describe siftsmall
 quiver_log "the cluster state in etcd (etcdctl --endpoints $etcd_endpoint get --prefix /quiver/)"
