@@ -49,9 +49,9 @@ use faiss_sys::{
 
 use crate::{
     crc32::Crc32,
-    normalize_in_place,
     persist::{Reader, Writer},
     spec::FaissSpec,
+    validate::{prepare_batch, prepare_query},
     Error, IndexSpec, Metric, Neighbor, Result, SearchParams, TopK, VectorIndex,
 };
 
@@ -225,23 +225,8 @@ impl FaissIndex {
     }
 
     fn prepare(&self, query: &[f32]) -> Result<Vec<f32>> {
-        if query.len() != self.dim {
-            return Err(Error::DimensionMismatch {
-                expected: self.dim,
-                actual: query.len(),
-            });
-        }
-        if let Some(position) = query.iter().position(|value| !value.is_finite()) {
-            return Err(Error::InvalidArgument(format!(
-                "query component {position} is not finite"
-            )));
-        }
-        let mut prepared = query.to_vec();
-        if self.metric == Metric::Cosine && !normalize_in_place(&mut prepared) {
-            return Err(Error::InvalidArgument(
-                "a cosine query must not be the zero vector".into(),
-            ));
-        }
+        let mut prepared = Vec::with_capacity(self.dim);
+        prepare_query(self.dim, self.metric, query, &mut prepared)?;
         Ok(prepared)
     }
 
@@ -331,33 +316,11 @@ impl VectorIndex for FaissIndex {
     }
 
     fn upsert(&mut self, ids: &[u64], vectors: &[f32]) -> Result<()> {
-        let expected_len = ids.len().checked_mul(self.dim);
-        if expected_len != Some(vectors.len()) {
-            return Err(Error::DimensionMismatch {
-                expected: expected_len.unwrap_or(usize::MAX),
-                actual: vectors.len(),
-            });
-        }
-        if let Some(position) = vectors.iter().position(|value| !value.is_finite()) {
-            return Err(Error::InvalidArgument(format!(
-                "vector for id {} has a non-finite component",
-                ids[position / self.dim]
-            )));
-        }
+        let batch = prepare_batch(self.dim, self.metric, ids, vectors)?;
         if ids.contains(&DEAD_SLOT) {
             return Err(Error::InvalidArgument(format!(
                 "id {DEAD_SLOT} is reserved by the FAISS index"
             )));
-        }
-        let mut batch = vectors.to_vec();
-        if self.metric == Metric::Cosine {
-            for (row, id) in batch.chunks_exact_mut(self.dim).zip(ids) {
-                if !normalize_in_place(row) {
-                    return Err(Error::InvalidArgument(format!(
-                        "vector for id {id} is the zero vector, which has no cosine direction"
-                    )));
-                }
-            }
         }
         // A repeated id keeps its last occurrence: earlier ones are dropped here, so each
         // id takes one new slot.

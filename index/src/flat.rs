@@ -23,8 +23,8 @@
 use std::{collections::HashMap, path::Path};
 
 use crate::{
-    normalize_in_place,
     persist::{Reader, Writer},
+    validate::{prepare_batch, prepare_query, require_dimension},
     Error, IndexSpec, Metric, Neighbor, Result, SearchParams, TopK, VectorIndex,
 };
 
@@ -122,36 +122,9 @@ impl FlatIndex {
         &self.vectors[row * self.dim..(row + 1) * self.dim]
     }
 
-    fn require_dimension(&self) -> Result<()> {
-        if self.dim == 0 {
-            return Err(Error::InvalidArgument(
-                "the index was created with dimension 0".into(),
-            ));
-        }
-        Ok(())
-    }
-
     /// Checks a query and returns it in the form it is scored in (normalised for cosine).
     fn prepare_query(&self, query: &[f32], out: &mut Vec<f32>) -> Result<()> {
-        if query.len() != self.dim {
-            return Err(Error::DimensionMismatch {
-                expected: self.dim,
-                actual: query.len(),
-            });
-        }
-        if let Some(position) = query.iter().position(|value| !value.is_finite()) {
-            return Err(Error::InvalidArgument(format!(
-                "query component {position} is not finite"
-            )));
-        }
-        out.clear();
-        out.extend_from_slice(query);
-        if self.metric == Metric::Cosine && !normalize_in_place(out) {
-            return Err(Error::InvalidArgument(
-                "a cosine query must not be the zero vector".into(),
-            ));
-        }
-        Ok(())
+        prepare_query(self.dim, self.metric, query, out)
     }
 }
 
@@ -173,37 +146,9 @@ impl VectorIndex for FlatIndex {
     }
 
     fn upsert(&mut self, ids: &[u64], vectors: &[f32]) -> Result<()> {
-        self.require_dimension()?;
-        let expected_len = ids.len().checked_mul(self.dim);
-        if expected_len != Some(vectors.len()) {
-            return Err(Error::DimensionMismatch {
-                expected: expected_len.unwrap_or(usize::MAX),
-                actual: vectors.len(),
-            });
-        }
         // Validate the whole batch before touching the index, so a bad vector anywhere
         // leaves the index exactly as it was.
-        if let Some(position) = vectors.iter().position(|value| !value.is_finite()) {
-            return Err(Error::InvalidArgument(format!(
-                "vector for id {} has a non-finite component",
-                ids[position / self.dim]
-            )));
-        }
-        let normalised;
-        let vectors = if self.metric == Metric::Cosine {
-            let mut copy = vectors.to_vec();
-            for (row, id) in copy.chunks_exact_mut(self.dim).zip(ids) {
-                if !normalize_in_place(row) {
-                    return Err(Error::InvalidArgument(format!(
-                        "vector for id {id} is the zero vector, which has no cosine direction"
-                    )));
-                }
-            }
-            normalised = copy;
-            normalised.as_slice()
-        } else {
-            vectors
-        };
+        let vectors = prepare_batch(self.dim, self.metric, ids, vectors)?;
 
         let new_ids = ids
             .iter()
@@ -260,7 +205,7 @@ impl VectorIndex for FlatIndex {
     }
 
     fn search(&self, query: &[f32], k: usize, _params: &SearchParams) -> Result<Vec<Neighbor>> {
-        self.require_dimension()?;
+        require_dimension(self.dim)?;
         let mut prepared = Vec::with_capacity(self.dim);
         self.prepare_query(query, &mut prepared)?;
         if k == 0 || self.ids.is_empty() {
@@ -286,7 +231,7 @@ impl VectorIndex for FlatIndex {
         k: usize,
         _params: &SearchParams,
     ) -> Result<Vec<Vec<Neighbor>>> {
-        self.require_dimension()?;
+        require_dimension(self.dim)?;
         if queries.len() % self.dim != 0 {
             return Err(Error::DimensionMismatch {
                 expected: self.dim,
@@ -348,6 +293,7 @@ impl VectorIndex for FlatIndex {
 
 #[cfg(test)]
 mod tests {
+    use crate::normalize_in_place;
     use std::fs;
 
     use rand::{Rng, SeedableRng};

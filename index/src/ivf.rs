@@ -46,13 +46,13 @@
 //!
 //! There is one list when untrained and `nlist` when trained.
 
-use std::{borrow::Cow, collections::HashMap, mem, path::Path};
+use std::{collections::HashMap, mem, path::Path};
 
 use crate::{
     kmeans::{self, Assignment, KMeansParams},
-    normalize_in_place,
     persist::{Reader, Writer},
     spec::IvfFlatParams,
+    validate::{prepare_batch, prepare_query, require_dimension},
     Error, IndexSpec, Metric, Neighbor, Result, SearchParams, TopK, VectorIndex,
 };
 
@@ -176,86 +176,14 @@ impl CoarseQuantizer {
     }
 }
 
-pub(crate) fn require_dimension(dim: usize) -> Result<()> {
-    if dim == 0 {
-        return Err(Error::InvalidArgument(
-            "the index was created with dimension 0".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// Validates a whole upsert batch before anything changes and returns the vectors in the
-/// form they are stored in (normalised for cosine; borrowed otherwise).
-pub(crate) fn prepare_batch<'a>(
-    dim: usize,
-    metric: Metric,
-    held: usize,
-    ids: &[u64],
-    vectors: &'a [f32],
-) -> Result<Cow<'a, [f32]>> {
-    require_dimension(dim)?;
-    let expected_len = ids.len().checked_mul(dim);
-    if expected_len != Some(vectors.len()) {
-        return Err(Error::DimensionMismatch {
-            expected: expected_len.unwrap_or(usize::MAX),
-            actual: vectors.len(),
-        });
-    }
-    if let Some(position) = vectors.iter().position(|value| !value.is_finite()) {
-        return Err(Error::InvalidArgument(format!(
-            "vector for id {} has a non-finite component",
-            ids[position / dim]
-        )));
-    }
-    // Rows are addressed by `u32` within a list (half the map's memory); an untrained
-    // index keeps everything in one list.
-    if held.saturating_add(ids.len()) > u32::MAX as usize {
+/// Rows are addressed by `u32` within a list (half the map's memory), and an untrained
+/// index keeps everything in one list, so an IVF index holds at most `u32::MAX` vectors.
+pub(crate) fn check_capacity(held: usize, adding: usize) -> Result<()> {
+    if held.saturating_add(adding) > u32::MAX as usize {
         return Err(Error::InvalidArgument(format!(
             "an IVF index holds at most {} vectors",
             u32::MAX
         )));
-    }
-    if metric != Metric::Cosine {
-        return Ok(Cow::Borrowed(vectors));
-    }
-    let mut copy = vectors.to_vec();
-    for (row, id) in copy.chunks_exact_mut(dim).zip(ids) {
-        if !normalize_in_place(row) {
-            return Err(Error::InvalidArgument(format!(
-                "vector for id {id} is the zero vector, which has no cosine direction"
-            )));
-        }
-    }
-    Ok(Cow::Owned(copy))
-}
-
-/// Checks a query and writes it into `out` in the form it is scored in (normalised for
-/// cosine).
-pub(crate) fn prepare_query(
-    dim: usize,
-    metric: Metric,
-    query: &[f32],
-    out: &mut Vec<f32>,
-) -> Result<()> {
-    require_dimension(dim)?;
-    if query.len() != dim {
-        return Err(Error::DimensionMismatch {
-            expected: dim,
-            actual: query.len(),
-        });
-    }
-    if let Some(position) = query.iter().position(|value| !value.is_finite()) {
-        return Err(Error::InvalidArgument(format!(
-            "query component {position} is not finite"
-        )));
-    }
-    out.clear();
-    out.extend_from_slice(query);
-    if metric == Metric::Cosine && !normalize_in_place(out) {
-        return Err(Error::InvalidArgument(
-            "a cosine query must not be the zero vector".into(),
-        ));
     }
     Ok(())
 }
@@ -543,7 +471,8 @@ impl VectorIndex for IvfFlatIndex {
         // `new` trusts its caller; training must not meet parameters it cannot honour.
         require_dimension(self.dim)?;
         self.spec().check(self.dim)?;
-        let vectors = prepare_batch(self.dim, self.metric, self.len(), ids, vectors)?;
+        let vectors = prepare_batch(self.dim, self.metric, ids, vectors)?;
+        check_capacity(self.len(), ids.len())?;
         let cells = self.coarse.as_ref().map(|coarse| coarse.assign(&vectors));
         for (position, (&id, vector)) in ids.iter().zip(vectors.chunks_exact(self.dim)).enumerate()
         {
@@ -635,6 +564,7 @@ impl VectorIndex for IvfFlatIndex {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use crate::normalize_in_place;
     use std::{fs, path::PathBuf, time::Instant};
 
     use super::*;

@@ -75,13 +75,14 @@ use std::{
 use crate::{
     dot,
     ivf::{
-        index_ids, prepare_batch, prepare_query, probe_count, require_dimension, scan_exact,
-        slots_memory, training_due, CoarseQuantizer, Slot, MIN_POINTS_PER_CELL,
+        check_capacity, index_ids, probe_count, scan_exact, slots_memory, training_due,
+        CoarseQuantizer, Slot, MIN_POINTS_PER_CELL,
     },
     kmeans::{self, SplitMix64},
     persist::{Reader, Writer},
     pq::{LookupTable, ProductQuantizer, MAX_TRAINING_POINTS_PER_CODEWORD},
     spec::IvfPqParams,
+    validate::{prepare_batch, prepare_query, require_dimension},
     Error, IndexSpec, Metric, Neighbor, Result, SearchParams, TopK, VectorIndex,
 };
 
@@ -706,7 +707,8 @@ impl VectorIndex for IvfPqIndex {
         // `new` trusts its caller; training must not meet parameters it cannot honour.
         require_dimension(self.dim)?;
         self.spec().check(self.dim)?;
-        let vectors = prepare_batch(self.dim, self.metric, self.len(), ids, vectors)?;
+        let vectors = prepare_batch(self.dim, self.metric, ids, vectors)?;
+        check_capacity(self.len(), ids.len())?;
         let encoded = self.quantizers.as_ref().map(|quantizers| {
             let cells = quantizers.coarse.assign(&vectors);
             let codes = quantizers.encode(&vectors, &cells);

@@ -72,8 +72,8 @@ use std::{
 };
 
 use crate::{
-    normalize_in_place,
     spec::{HnswParams, MAX_EF, MAX_HNSW_M},
+    validate::{prepare_batch, prepare_query, require_dimension},
     Error, IndexSpec, Metric, Neighbor, Result, SearchParams, VectorIndex,
 };
 
@@ -167,36 +167,9 @@ impl HnswIndex {
         self.tombstones
     }
 
-    fn require_dimension(&self) -> Result<()> {
-        if self.dim == 0 {
-            return Err(Error::InvalidArgument(
-                "the index was created with dimension 0".into(),
-            ));
-        }
-        Ok(())
-    }
-
     /// Checks a query and writes the form it is scored in (normalised for cosine) to `out`.
     fn prepare_query(&self, query: &[f32], out: &mut Vec<f32>) -> Result<()> {
-        if query.len() != self.dim {
-            return Err(Error::DimensionMismatch {
-                expected: self.dim,
-                actual: query.len(),
-            });
-        }
-        if let Some(position) = query.iter().position(|value| !value.is_finite()) {
-            return Err(Error::InvalidArgument(format!(
-                "query component {position} is not finite"
-            )));
-        }
-        out.clear();
-        out.extend_from_slice(query);
-        if self.metric == Metric::Cosine && !normalize_in_place(out) {
-            return Err(Error::InvalidArgument(
-                "a cosine query must not be the zero vector".into(),
-            ));
-        }
-        Ok(())
+        prepare_query(self.dim, self.metric, query, out)
     }
 
     fn take_scratch(&self) -> Scratch {
@@ -309,37 +282,9 @@ impl VectorIndex for HnswIndex {
     }
 
     fn upsert(&mut self, ids: &[u64], vectors: &[f32]) -> Result<()> {
-        self.require_dimension()?;
-        let expected_len = ids.len().checked_mul(self.dim);
-        if expected_len != Some(vectors.len()) {
-            return Err(Error::DimensionMismatch {
-                expected: expected_len.unwrap_or(usize::MAX),
-                actual: vectors.len(),
-            });
-        }
         // Validate the whole batch before touching the index, so a bad vector anywhere
         // leaves the index exactly as it was.
-        if let Some(position) = vectors.iter().position(|value| !value.is_finite()) {
-            return Err(Error::InvalidArgument(format!(
-                "vector for id {} has a non-finite component",
-                ids[position / self.dim]
-            )));
-        }
-        let normalised;
-        let vectors = if self.metric == Metric::Cosine {
-            let mut copy = vectors.to_vec();
-            for (row, id) in copy.chunks_exact_mut(self.dim).zip(ids) {
-                if !normalize_in_place(row) {
-                    return Err(Error::InvalidArgument(format!(
-                        "vector for id {id} is the zero vector, which has no cosine direction"
-                    )));
-                }
-            }
-            normalised = copy;
-            normalised.as_slice()
-        } else {
-            vectors
-        };
+        let vectors = prepare_batch(self.dim, self.metric, ids, vectors)?;
         // Slots are u32 and u32::MAX marks "no entry point" in saves.
         if self.ids.len().saturating_add(ids.len()) >= u32::MAX as usize {
             return Err(Error::InvalidArgument(format!(
@@ -407,7 +352,7 @@ impl VectorIndex for HnswIndex {
     }
 
     fn search(&self, query: &[f32], k: usize, params: &SearchParams) -> Result<Vec<Neighbor>> {
-        self.require_dimension()?;
+        require_dimension(self.dim)?;
         let mut scratch = self.take_scratch();
         let mut prepared = std::mem::take(&mut scratch.query);
         let result = self

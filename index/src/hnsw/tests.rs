@@ -1,6 +1,7 @@
 use std::{fs, path::PathBuf};
 
 use super::*;
+use crate::normalize_in_place;
 use crate::{
     dataset::{ground_truth, read_fvecs, read_ivecs, recall_at_k, synthetic, Vectors},
     FlatIndex,
