@@ -20,9 +20,12 @@ fn siftsmall() -> (Vectors, Vectors, Vec<Vec<u32>>) {
             dataset::read_ivecs(&dir.join("siftsmall_groundtruth.ivecs")).unwrap(),
         ),
         None => {
-            eprintln!("../shared/data/siftsmall is absent: using generated data of the same shape");
-            let base = dataset::synthetic(10_000, 128, 1);
-            let queries = dataset::synthetic(100, 128, 2);
+            eprintln!(
+                "../shared/data/siftsmall is absent: using generated data of the same shape \
+                 and a low intrinsic dimension, like real embeddings"
+            );
+            let base = embedded(10_000, 1);
+            let queries = embedded(100, 2);
             let truth = dataset::ground_truth(&base, &queries, 100, quiver_index::Metric::L2)
                 .into_iter()
                 .map(|row| row.into_iter().map(|id| id as u32).collect())
@@ -30,6 +33,26 @@ fn siftsmall() -> (Vectors, Vectors, Vec<Vec<u32>>) {
             (base, queries, truth)
         }
     }
+}
+
+/// `count` 128-dimensional points on a random 8-dimensional subspace. Uniform noise in
+/// all 128 dimensions would make every distance nearly equal, a data set no approximate
+/// index (or user) meets; real vectors have far fewer degrees of freedom than dimensions.
+fn embedded(count: usize, seed: u64) -> Vectors {
+    const LATENT: usize = 8;
+    const DIM: usize = 128;
+    let latent = dataset::synthetic(count, LATENT, seed);
+    let basis = dataset::synthetic(LATENT, DIM, 99);
+    let mut data = Vec::with_capacity(count * DIM);
+    for point in latent.rows() {
+        for column in 0..DIM {
+            let value: f32 = (0..LATENT)
+                .map(|k| point[k] * basis.row(k)[column] / 100.0)
+                .sum();
+            data.push(value);
+        }
+    }
+    Vectors { dim: DIM, data }
 }
 
 async fn recall(
