@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 source scripts/prerequisites.sh
+source scripts/local-cluster.sh
 quiver_ensure_prerequisites
 
 quiver_log "building release binaries (the first build takes a few minutes)"
@@ -21,16 +22,6 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/quiver-quickstart.XXXXXX")
 mkdir -p "$work/logs"
 etcd_pid=""
 service_pids=()
-stop_processes() {
-    [ "$#" -gt 0 ] || return 0
-    kill -TERM "$@" 2>/dev/null || true
-    for _ in $(seq 100); do
-        kill -0 "$@" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$@" 2>/dev/null || true
-    wait "$@" 2>/dev/null || true
-}
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
@@ -51,39 +42,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() {
-    local port=$1
-    while port_in_use "$port"; do port=$((port + 1)); done
-    echo "$port"
-}
-wait_for_file() {
-    local file=$1 what=$2 log=$3
-    for _ in $(seq 300); do
-        [ -s "$file" ] && return 0
-        sleep 0.1
-    done
-    echo "$what did not become ready; its log:" >&2
-    tail -n 30 "$log" >&2
-    return 1
-}
-
-etcd_port=$(free_port 23790)
-peer_port=$(free_port $((etcd_port + 1)))
-etcd_endpoint="http://127.0.0.1:$etcd_port"
-quiver_log "starting etcd on $etcd_endpoint"
-etcd --name quickstart --data-dir "$work/etcd" \
-    --listen-client-urls "$etcd_endpoint" --advertise-client-urls "$etcd_endpoint" \
-    --listen-peer-urls "http://127.0.0.1:$peer_port" \
-    --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-    --initial-cluster "quickstart=http://127.0.0.1:$peer_port" --max-txn-ops 2048 \
-    >"$work/logs/etcd.log" 2>&1 &
-etcd_pid=$!
-for _ in $(seq 100); do
-    etcdctl --endpoints "$etcd_endpoint" endpoint health >/dev/null 2>&1 && break
-    sleep 0.1
-done
-etcdctl --endpoints "$etcd_endpoint" endpoint health >/dev/null
+start_etcd quickstart 23790
 
 next_port=$(free_port 7100)
 for number in 1 2 3; do
