@@ -64,7 +64,7 @@ pub async fn create_collection(
     let assignments = (0..record.num_shards)
         .map(|shard| {
             ring.replicas_for(&record.name, shard, record.replication_factor as usize)
-                .map(|replicas| AssignmentRecord { replicas })
+                .map(AssignmentRecord::new)
         })
         .collect::<Result<Vec<_>>>()?;
 

@@ -30,7 +30,7 @@ pub use keys::{validate_name, Key, KeySchema};
 pub use membership::Registration;
 pub use model::{
     now_rfc3339, AssignmentRecord, Capacity, CollectionRecord, ReplicaPhase, ReplicaRecord,
-    SearcherRecord,
+    ReplicaRole, SearcherRecord,
 };
 pub use placement::{place_replicas, shard_of, stable_hash64, HashRing, DEFAULT_VIRTUAL_NODES};
 pub use store::{

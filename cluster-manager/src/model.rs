@@ -39,31 +39,108 @@ pub struct CollectionRecord {
 }
 
 /// `assignments/<collection>/<shard>`: the desired replica set of one shard; persistent.
+///
+/// `replicas` are the voting copies: their acknowledgements count towards a write's quorum.
+/// `learners` are copies being built by a rebalance; they follow the primary but do not
+/// vote until the placement controller moves them into `replicas`. `epoch` grows by one on
+/// every change of primary, so a replica can refuse records of a primary it has outlived;
+/// etcd transactions guard every change, so one epoch never has two primaries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AssignmentRecord {
     /// Searcher ids, primary first.
     pub replicas: Vec<String>,
+    /// The Searcher whose replica orders the shard's writes; empty in records written before
+    /// primaries were recorded, which means the first of `replicas`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub primary: String,
+    #[serde(default)]
+    pub epoch: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learners: Vec<String>,
+}
+
+impl AssignmentRecord {
+    /// A new shard's assignment: the first replica is the primary, in epoch 1.
+    pub fn new(replicas: Vec<String>) -> AssignmentRecord {
+        AssignmentRecord {
+            primary: replicas.first().cloned().unwrap_or_default(),
+            replicas,
+            epoch: 1,
+            learners: Vec::new(),
+        }
+    }
+
+    /// The primary's Searcher id (see [`AssignmentRecord::primary`]).
+    pub fn primary(&self) -> &str {
+        if self.primary.is_empty() {
+            self.replicas.first().map(String::as_str).unwrap_or("")
+        } else {
+            &self.primary
+        }
+    }
+
+    /// Voting replicas and learners: every Searcher that should host the shard.
+    pub fn members(&self) -> impl Iterator<Item = &String> {
+        self.replicas.iter().chain(self.learners.iter())
+    }
+
+    pub fn role_of(&self, searcher: &str) -> Option<ReplicaRole> {
+        if self.primary() == searcher && self.replicas.iter().any(|id| id == searcher) {
+            Some(ReplicaRole::Primary)
+        } else if self.replicas.iter().any(|id| id == searcher) {
+            Some(ReplicaRole::Follower)
+        } else if self.learners.iter().any(|id| id == searcher) {
+            Some(ReplicaRole::Learner)
+        } else {
+            None
+        }
+    }
+
+    /// Acknowledgements a write needs under `quorum`, for `replication_factor` copies.
+    pub fn majority(replication_factor: u32) -> u32 {
+        replication_factor / 2 + 1
+    }
+}
+
+/// What a replica does for its shard (see [`AssignmentRecord`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReplicaRole {
+    Primary,
+    Follower,
+    Learner,
 }
 
 /// Where a replica is in its life, as its Searcher reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ReplicaPhase {
-    /// Loading or building its index; not yet searchable.
+    /// Loading or building its index, or catching up with its primary; not yet searchable.
+    #[default]
     Booting,
     /// Serving searches.
     Active,
     /// Going away; finishing in-flight work only.
     Draining,
+    /// Its files could not be opened (see `ReplicaRecord::error`); not serving.
+    Failed,
 }
 
 /// `replicas/<collection>/<shard>/<searcher>`: one replica's reported status, under its
 /// Searcher's lease.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ReplicaRecord {
     pub state: ReplicaPhase,
     pub point_count: u64,
     pub applied_seq: u64,
+    /// The primary epoch the replica follows (or leads).
+    #[serde(default)]
+    pub epoch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<ReplicaRole>,
+    /// Why the replica is FAILED.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The current time in RFC 3339 (UTC, millisecond precision), as records store it.
@@ -128,24 +205,27 @@ mod tests {
             state: ReplicaPhase::Active,
             point_count: 10,
             applied_seq: 3,
+            ..Default::default()
         };
         let text = String::from_utf8(encode(&replica)).unwrap();
         assert_eq!(
             text,
-            r#"{"state":"ACTIVE","point_count":10,"applied_seq":3}"#
+            r#"{"state":"ACTIVE","point_count":10,"applied_seq":3,"epoch":0}"#
         );
         assert_eq!(
             decode::<ReplicaRecord>("/k", text.as_bytes()).unwrap(),
             replica
         );
 
-        let assignment = AssignmentRecord {
-            replicas: vec!["s2".into(), "s1".into()],
-        };
+        let assignment = AssignmentRecord::new(vec!["s2".into(), "s1".into()]);
         assert_eq!(
             String::from_utf8(encode(&assignment)).unwrap(),
-            r#"{"replicas":["s2","s1"]}"#
+            r#"{"replicas":["s2","s1"],"primary":"s2","epoch":1}"#
         );
+        // Records written before primaries were recorded still read, primary first.
+        let old: AssignmentRecord = decode("/k", br#"{"replicas":["s2","s1"]}"#).unwrap();
+        assert_eq!(old.primary(), "s2");
+        assert_eq!(old.role_of("s1"), Some(ReplicaRole::Follower));
     }
 
     #[test]

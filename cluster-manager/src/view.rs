@@ -396,6 +396,7 @@ mod tests {
             state,
             point_count: 0,
             applied_seq: 0,
+            ..Default::default()
         }
     }
 
@@ -407,15 +408,15 @@ mod tests {
             (schema.searcher("s2"), encode(&searcher("s2"))),
             (
                 schema.assignment("docs", 0),
-                encode(&AssignmentRecord {
-                    replicas: vec!["s2".into(), "s1".into(), "s3".into()],
-                }),
+                encode(&AssignmentRecord::new(vec![
+                    "s2".into(),
+                    "s1".into(),
+                    "s3".into(),
+                ])),
             ),
             (
                 schema.assignment("docs", 1),
-                encode(&AssignmentRecord {
-                    replicas: vec!["s1".into()],
-                }),
+                encode(&AssignmentRecord::new(vec!["s1".into()])),
             ),
             (
                 schema.replica("docs", 0, "s1"),
@@ -503,9 +504,7 @@ mod tests {
         store
             .put(
                 &schema.assignment("docs", 0),
-                encode(&AssignmentRecord {
-                    replicas: vec!["s1".into()],
-                }),
+                encode(&AssignmentRecord::new(vec!["s1".into()])),
                 None,
             )
             .await

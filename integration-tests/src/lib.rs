@@ -529,6 +529,7 @@ pub async fn upsert_rows(
             .upsert(UpsertRequest {
                 collection: collection.to_string(),
                 points,
+                ..Default::default()
             })
             .await
             .expect("upsert")

@@ -145,6 +145,7 @@ async fn bad_input_gets_its_code_and_writes_nothing() {
             .upsert(UpsertRequest {
                 collection: "nope".into(),
                 points: vec![point("a", vec![1.0; 4], "")],
+                ..Default::default()
             })
             .await,
     )
@@ -199,6 +200,7 @@ async fn bad_input_gets_its_code_and_writes_nothing() {
                 .upsert(UpsertRequest {
                     collection: "c".into(),
                     points: vec![good(case), bad],
+                    ..Default::default()
                 })
                 .await,
         )
@@ -214,6 +216,7 @@ async fn bad_input_gets_its_code_and_writes_nothing() {
             .upsert(UpsertRequest {
                 collection: "c".into(),
                 points: oversized,
+                ..Default::default()
             })
             .await,
     )
@@ -225,6 +228,7 @@ async fn bad_input_gets_its_code_and_writes_nothing() {
             .upsert(UpsertRequest {
                 collection: "c".into(),
                 points: vec![],
+                ..Default::default()
             })
             .await,
     )
@@ -238,6 +242,7 @@ async fn bad_input_gets_its_code_and_writes_nothing() {
             .upsert(UpsertRequest {
                 collection: "c".into(),
                 points: vec![point("huge", vec![1.0; 17 << 20], "")],
+                ..Default::default()
             })
             .await,
     )
@@ -304,6 +309,7 @@ async fn bad_input_gets_its_code_and_writes_nothing() {
             .delete(DeleteRequest {
                 collection: "c".into(),
                 ids: vec!["a".into(), String::new()],
+                ..Default::default()
             })
             .await,
     )
@@ -344,6 +350,7 @@ async fn writes_reads_and_drop_round_trip() {
         .upsert(UpsertRequest {
             collection: "books".into(),
             points,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -406,6 +413,7 @@ async fn writes_reads_and_drop_round_trip() {
         .delete(DeleteRequest {
             collection: "books".into(),
             ids: vec!["book-10".into(), "never-was".into()],
+            ..Default::default()
         })
         .await
         .unwrap()

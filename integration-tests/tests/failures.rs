@@ -80,6 +80,7 @@ async fn sigkilled_searcher_vanishes_within_ttl_and_reads_fail_over() {
                     payload_json: String::new(),
                 })
                 .collect(),
+            ..Default::default()
         })
         .await
         .expect("a write with one live replica per shard is acknowledged")
@@ -146,6 +147,7 @@ async fn acknowledged_writes_survive_sigkill_and_restart() {
         .delete(DeleteRequest {
             collection: "durable".into(),
             ids: deleted_ids.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -311,6 +313,7 @@ async fn graceful_stop_removes_keys_at_once_and_search_reports_missing_shards() 
                     payload_json: String::new(),
                 })
                 .collect(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

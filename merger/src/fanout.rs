@@ -780,6 +780,30 @@ mod tests {
         ) -> Result<Response<ReplicaStatusResponse>, Status> {
             Err(Status::unimplemented("fake"))
         }
+
+        type CopySnapshotStream =
+            tokio_stream::wrappers::ReceiverStream<Result<quiver_proto::v1::SnapshotChunk, Status>>;
+
+        async fn pull_log(
+            &self,
+            _: Request<quiver_proto::v1::PullLogRequest>,
+        ) -> Result<Response<quiver_proto::v1::PullLogResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+
+        async fn fence(
+            &self,
+            _: Request<quiver_proto::v1::FenceRequest>,
+        ) -> Result<Response<quiver_proto::v1::FenceResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+
+        async fn copy_snapshot(
+            &self,
+            _: Request<quiver_proto::v1::CopySnapshotRequest>,
+        ) -> Result<Response<Self::CopySnapshotStream>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
     }
 
     /// Fake Searchers behind real gRPC on 127.0.0.1, and a view of them over the memory
@@ -842,9 +866,8 @@ mod tests {
                 .unwrap();
             for (shard, replicas) in layout.iter().enumerate() {
                 let shard = shard as u32;
-                let assignment = AssignmentRecord {
-                    replicas: replicas.iter().map(|id| id.to_string()).collect(),
-                };
+                let assignment =
+                    AssignmentRecord::new(replicas.iter().map(|id| id.to_string()).collect());
                 store
                     .put(&schema.assignment("c", shard), encode(&assignment), None)
                     .await
@@ -854,6 +877,7 @@ mod tests {
                         state: ReplicaPhase::Active,
                         point_count: 1,
                         applied_seq: 1,
+                        ..Default::default()
                     };
                     store
                         .put(

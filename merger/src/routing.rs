@@ -216,9 +216,7 @@ mod tests {
         for (shard, replicas) in layout {
             state.assignments.insert(
                 ("c".into(), shard),
-                AssignmentRecord {
-                    replicas: replicas.iter().map(|id| id.to_string()).collect(),
-                },
+                AssignmentRecord::new(replicas.iter().map(|id| id.to_string()).collect()),
             );
             for searcher in replicas {
                 state.replicas.insert(
@@ -227,6 +225,7 @@ mod tests {
                         state: ReplicaPhase::Active,
                         point_count: 0,
                         applied_seq: 0,
+                        ..Default::default()
                     },
                 );
             }
@@ -318,9 +317,7 @@ mod tests {
         let mut state = state();
         state.assignments.insert(
             ("c".into(), 1),
-            AssignmentRecord {
-                replicas: vec!["s1".into(), "s2".into()],
-            },
+            AssignmentRecord::new(vec!["s1".into(), "s2".into()]),
         );
         state.replicas.insert(
             ("c".into(), 1, "s1".to_string()),
@@ -328,6 +325,7 @@ mod tests {
                 state: ReplicaPhase::Active,
                 point_count: 0,
                 applied_seq: 0,
+                ..Default::default()
             },
         );
         let plan = plan_search(
@@ -401,9 +399,7 @@ mod tests {
         let mut state = state();
         state.assignments.insert(
             ("c".into(), 3),
-            AssignmentRecord {
-                replicas: vec!["s1".into(), "s2".into(), "s3".into()],
-            },
+            AssignmentRecord::new(vec!["s1".into(), "s2".into(), "s3".into()]),
         );
         for (searcher, applied_seq) in ["s1", "s2", "s3"].into_iter().zip(seqs) {
             state.replicas.insert(
@@ -412,6 +408,7 @@ mod tests {
                     state: ReplicaPhase::Active,
                     point_count: 0,
                     applied_seq,
+                    ..Default::default()
                 },
             );
         }

@@ -200,6 +200,7 @@ impl Merger {
                     collection: collection.to_string(),
                     shard,
                     points: points.clone(),
+                    ..Default::default()
                 });
                 request.set_timeout(remaining);
                 with_deadline(remaining, client.upsert(request)).await
@@ -209,6 +210,7 @@ impl Merger {
                     collection: collection.to_string(),
                     shard,
                     ids: ids.clone(),
+                    ..Default::default()
                 });
                 request.set_timeout(remaining);
                 with_deadline(remaining, client.delete(request)).await
@@ -397,6 +399,7 @@ fn replica_state(
         Some(ReplicaPhase::Booting) => v1::ReplicaState::Booting,
         Some(ReplicaPhase::Active) => v1::ReplicaState::Active,
         Some(ReplicaPhase::Draining) => v1::ReplicaState::Draining,
+        Some(ReplicaPhase::Failed) => v1::ReplicaState::Failed,
         None => v1::ReplicaState::Offline,
     }
 }
@@ -429,6 +432,7 @@ pub fn describe(state: &ClusterState, name: &str) -> Option<CollectionDescriptio
                         .collect()
                 })
                 .unwrap_or_default(),
+            ..Default::default()
         })
         .collect();
     Some(CollectionDescription {
@@ -582,6 +586,7 @@ impl MergerService for Merger {
                 .into_values()
                 .flat_map(|outcome| outcome.failures)
                 .collect(),
+            ..Default::default()
         })
     }
 
@@ -614,6 +619,7 @@ impl MergerService for Merger {
                 .into_values()
                 .flat_map(|outcome| outcome.failures)
                 .collect(),
+            ..Default::default()
         })
     }
 
@@ -1405,6 +1411,7 @@ mod tests {
         let request = UpsertRequest {
             collection: "c".into(),
             points,
+            ..Default::default()
         };
         let (yielded, result) = yields_while_working(merger.upsert(request, None)).await;
         assert!(yielded, "validation ran on the async worker");

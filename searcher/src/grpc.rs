@@ -39,6 +39,7 @@ pub fn phase_to_proto(phase: ReplicaPhase) -> v1::ReplicaState {
         ReplicaPhase::Booting => v1::ReplicaState::Booting,
         ReplicaPhase::Active => v1::ReplicaState::Active,
         ReplicaPhase::Draining => v1::ReplicaState::Draining,
+        ReplicaPhase::Failed => v1::ReplicaState::Failed,
     }
 }
 
@@ -55,11 +56,36 @@ fn write_response(affected: usize, counters: ReplicaCounters) -> ReplicaWriteRes
         affected: affected as u32,
         point_count: counters.point_count,
         applied_seq: counters.applied_seq,
+        ..Default::default()
     }
 }
 
 #[tonic::async_trait]
 impl Searcher for SearcherGrpc {
+    type CopySnapshotStream =
+        tokio_stream::wrappers::ReceiverStream<Result<v1::SnapshotChunk, Status>>;
+
+    async fn pull_log(
+        &self,
+        _request: Request<v1::PullLogRequest>,
+    ) -> Result<Response<v1::PullLogResponse>, Status> {
+        Err(Status::unimplemented("replication is not wired yet"))
+    }
+
+    async fn fence(
+        &self,
+        _request: Request<v1::FenceRequest>,
+    ) -> Result<Response<v1::FenceResponse>, Status> {
+        Err(Status::unimplemented("replication is not wired yet"))
+    }
+
+    async fn copy_snapshot(
+        &self,
+        _request: Request<v1::CopySnapshotRequest>,
+    ) -> Result<Response<Self::CopySnapshotStream>, Status> {
+        Err(Status::unimplemented("replication is not wired yet"))
+    }
+
     async fn search(
         &self,
         request: Request<ShardSearchRequest>,
@@ -205,6 +231,7 @@ impl Searcher for SearcherGrpc {
                         state: phase_to_proto(report.phase) as i32,
                         point_count: report.counters.point_count,
                         applied_seq: report.counters.applied_seq,
+                        ..Default::default()
                     })
                     .collect(),
             }))

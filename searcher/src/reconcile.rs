@@ -250,6 +250,7 @@ impl Reconciler {
             state: phase,
             point_count: counters.point_count,
             applied_seq: counters.applied_seq,
+            ..Default::default()
         };
         if self.published.get(key) == Some(&record) {
             return;

@@ -159,6 +159,7 @@ impl SearcherNode {
                     ReplicaPhase::Booting => "BOOTING",
                     ReplicaPhase::Active => "ACTIVE",
                     ReplicaPhase::Draining => "DRAINING",
+                    ReplicaPhase::Failed => "FAILED",
                 },
             }),
         }

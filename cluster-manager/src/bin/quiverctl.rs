@@ -299,6 +299,7 @@ async fn load(
             .upsert(UpsertRequest {
                 collection: name.to_string(),
                 points,
+                ..Default::default()
             })
             .await
             .with_context(|| format!("upsert batch {batch_number}"))?
