@@ -46,6 +46,11 @@ struct Args {
     /// The shortest adaptive hedge delay, in milliseconds.
     #[arg(long, env = "QUIVER_HEDGE_MIN_DELAY_MS", default_value_t = 2)]
     hedge_min_delay_ms: u64,
+    /// Replicas per shard (its primary included) that must hold a write before it is
+    /// acknowledged, unless a request names its own: `majority` (of the replication
+    /// factor), `all`, or a count.
+    #[arg(long, env = "QUIVER_WRITE_QUORUM", default_value = "majority")]
+    write_quorum: quiver_merger::service::WriteQuorum,
     /// Write the bound address to this file once serving.
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -93,6 +98,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         merger: MergerConfig {
             search_timeout: Duration::from_millis(args.search_timeout_ms),
             write_timeout: Duration::from_millis(args.write_timeout_ms),
+            write_quorum: args.write_quorum,
             hedging,
             ..MergerConfig::default()
         },

@@ -28,7 +28,7 @@ use quiver_proto::{
         ListCollectionsResponse, Point, QueryResult, ReplicaDeleteRequest, ReplicaDescription,
         ReplicaFailure, ReplicaGetRequest, ReplicaUpsertRequest, ReplicaWriteResponse, ScoredPoint,
         SearchRequest, SearchResponse, SearcherDescription, ShardDescription, ShardFailure,
-        ShardOutcome, ShardReport, ShardSearchRequest, UpsertRequest, UpsertResponse,
+        ShardOutcome, ShardReport, ShardSearchRequest, ShardWrite, UpsertRequest, UpsertResponse,
     },
 };
 use tokio::time::Instant;
@@ -52,6 +52,48 @@ pub struct MergerConfig {
     pub create_wait: Duration,
     /// When a slow Searcher call's shards go to a second replica.
     pub hedging: HedgeConfig,
+    /// Acknowledgements a write needs per shard, unless the request names its own.
+    pub write_quorum: WriteQuorum,
+}
+
+/// How many replicas of a shard (its primary included) must hold a write before the
+/// Merger acknowledges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteQuorum {
+    /// More than half of the replication factor.
+    #[default]
+    Majority,
+    /// Every replica.
+    All,
+    /// This many, capped at the replication factor.
+    Count(u32),
+}
+
+impl WriteQuorum {
+    pub fn for_replication_factor(self, replication_factor: u32) -> u32 {
+        match self {
+            WriteQuorum::Majority => replication_factor / 2 + 1,
+            WriteQuorum::All => replication_factor,
+            WriteQuorum::Count(count) => count.clamp(1, replication_factor.max(1)),
+        }
+    }
+}
+
+impl std::str::FromStr for WriteQuorum {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, Self::Err> {
+        match text.trim() {
+            "majority" => Ok(WriteQuorum::Majority),
+            "all" => Ok(WriteQuorum::All),
+            number => match number.parse::<u32>() {
+                Ok(count) if count >= 1 => Ok(WriteQuorum::Count(count)),
+                _ => Err(format!(
+                    "write quorum {text:?}: expected `majority`, `all` or a count of at least 1"
+                )),
+            },
+        }
+    }
 }
 
 impl Default for MergerConfig {
@@ -61,6 +103,7 @@ impl Default for MergerConfig {
             write_timeout: Duration::from_secs(30),
             create_wait: Duration::from_secs(15),
             hedging: HedgeConfig::default(),
+            write_quorum: WriteQuorum::Majority,
         }
     }
 }
@@ -125,13 +168,16 @@ enum ReplicaWrite {
     Delete(Vec<String>),
 }
 
-/// What the replicas of one shard did with a write.
-#[derive(Default)]
+/// What the primary of one shard did with a write.
 struct ShardWriteOutcome {
-    succeeded: usize,
     affected: u32,
-    failures: Vec<ReplicaFailure>,
+    report: ShardWrite,
+    /// Voting replicas that did not hold the write yet when it was acknowledged.
+    lagging: Vec<ReplicaFailure>,
 }
+
+/// Pause between attempts while a shard changes primary.
+const WRITE_RETRY_PAUSE: Duration = Duration::from_millis(150);
 
 impl Merger {
     pub fn new(
@@ -184,11 +230,14 @@ impl Merger {
         Instant::now() + budget
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn call_write(
         &self,
         address: &str,
         collection: &str,
         shard: u32,
+        epoch: u64,
+        write_quorum: u32,
         write: &ReplicaWrite,
         deadline: Instant,
     ) -> Result<ReplicaWriteResponse, Status> {
@@ -200,7 +249,8 @@ impl Merger {
                     collection: collection.to_string(),
                     shard,
                     points: points.clone(),
-                    ..Default::default()
+                    epoch,
+                    write_quorum,
                 });
                 request.set_timeout(remaining);
                 with_deadline(remaining, client.upsert(request)).await
@@ -210,7 +260,8 @@ impl Merger {
                     collection: collection.to_string(),
                     shard,
                     ids: ids.clone(),
-                    ..Default::default()
+                    epoch,
+                    write_quorum,
                 });
                 request.set_timeout(remaining);
                 with_deadline(remaining, client.delete(request)).await
@@ -218,83 +269,163 @@ impl Merger {
         }
     }
 
-    /// Sends each shard's part of a write to every replica of that shard at once. The write
-    /// is acknowledged only if every shard has at least one replica that made it durable.
-    async fn write_to_shards(
+    /// Sends one shard's part of a write to the shard's primary, which orders it and
+    /// answers once `write_quorum` replicas hold it. While the shard changes primary (the
+    /// primary is gone, or the view is behind), it tries again with a fresh view until the
+    /// deadline: writes are idempotent, so a retry of a write that did land is harmless.
+    async fn write_shard(
         &self,
-        state: &ClusterState,
         collection: &str,
-        parts: BTreeMap<u32, ReplicaWrite>,
+        shard: u32,
+        write_quorum: u32,
+        write: &ReplicaWrite,
         deadline: Instant,
-    ) -> Result<BTreeMap<u32, ShardWriteOutcome>> {
-        let mut calls = Vec::new();
-        let mut outcomes: BTreeMap<u32, ShardWriteOutcome> = BTreeMap::new();
-        for (shard, write) in &parts {
-            let outcome = outcomes.entry(*shard).or_default();
-            let targets = routing::write_targets(state, collection, *shard);
-            if targets.is_empty() {
-                outcome.failures.push(ReplicaFailure {
-                    shard: *shard,
+    ) -> std::result::Result<ShardWriteOutcome, ReplicaFailure> {
+        let mut last_failure;
+        loop {
+            let state = self.view.current();
+            let attempt: std::result::Result<(), ReplicaFailure> = match state
+                .assignment(collection, shard)
+            {
+                None => Err(ReplicaFailure {
+                    shard,
                     searcher_id: String::new(),
                     code: code_name(Code::Unavailable).into(),
                     message: "the shard has no assignment".into(),
-                });
-            }
-            for target in targets {
-                match target {
-                    Ok((searcher_id, address)) => calls.push(async move {
-                        let result = self
-                            .call_write(&address, collection, *shard, write, deadline)
-                            .await;
-                        (*shard, searcher_id, result)
-                    }),
-                    Err(searcher_id) => outcome.failures.push(ReplicaFailure {
-                        shard: *shard,
-                        searcher_id,
-                        code: code_name(Code::Unavailable).into(),
-                        message: "searcher is not live".into(),
-                    }),
+                }),
+                Some(assignment) => {
+                    let primary = assignment.primary().to_string();
+                    match state.searchers.get(&primary) {
+                        None => Err(ReplicaFailure {
+                            shard,
+                            searcher_id: primary.clone(),
+                            code: code_name(Code::Unavailable).into(),
+                            message: format!(
+                                "the primary's searcher {primary} is not live; a replica is being promoted"
+                            ),
+                        }),
+                        Some(searcher) => {
+                            let address = searcher.address.clone();
+                            let voters = assignment.replicas.clone();
+                            match self
+                                .call_write(
+                                    &address,
+                                    collection,
+                                    shard,
+                                    assignment.epoch,
+                                    write_quorum,
+                                    write,
+                                    deadline,
+                                )
+                                .await
+                            {
+                                Ok(response) => {
+                                    let lagging = voters
+                                        .iter()
+                                        .filter(|id| !response.acknowledged_by.contains(id))
+                                        .map(|id| ReplicaFailure {
+                                            shard,
+                                            searcher_id: id.clone(),
+                                            code: code_name(Code::Unavailable).into(),
+                                            message: "did not hold the write yet when it was acknowledged; it catches up from the primary".into(),
+                                        })
+                                        .collect();
+                                    return Ok(ShardWriteOutcome {
+                                        affected: response.affected,
+                                        report: ShardWrite {
+                                            shard,
+                                            primary,
+                                            seq: response.seq,
+                                            acknowledged_by: response.acknowledged_by,
+                                            write_quorum: response.write_quorum,
+                                        },
+                                        lagging,
+                                    });
+                                }
+                                Err(status) => {
+                                    tracing::warn!(%collection, shard, %primary, code = ?status.code(), message = status.message(), "shard write failed");
+                                    metrics::replica_write_failed(code_name(status.code()));
+                                    Err(ReplicaFailure {
+                                        shard,
+                                        searcher_id: primary,
+                                        code: code_name(status.code()).into(),
+                                        message: status.message().to_string(),
+                                    })
+                                }
+                            }
+                        }
+                    }
                 }
+            };
+            let failure = attempt.err().expect("successes returned above");
+            let code = code_from_name(&failure.code);
+            last_failure = failure;
+            // Only a changing primary is worth waiting for; a refused request is final.
+            let transient = matches!(
+                code,
+                Code::Unavailable | Code::FailedPrecondition | Code::NotFound | Code::Aborted
+            );
+            let pause_until = Instant::now() + WRITE_RETRY_PAUSE;
+            if !transient || pause_until >= deadline {
+                return Err(last_failure);
             }
+            tokio::time::sleep_until(pause_until).await;
         }
-        for (shard, searcher_id, result) in join_all(calls).await {
-            let outcome = outcomes.entry(shard).or_default();
+    }
+
+    /// Writes each shard's part through its primary, all shards at once. Acknowledged only
+    /// when every shard's primary reached its quorum.
+    async fn write_to_shards(
+        &self,
+        collection: &CollectionRecord,
+        requested_quorum: Option<u32>,
+        parts: BTreeMap<u32, ReplicaWrite>,
+        deadline: Instant,
+    ) -> Result<BTreeMap<u32, ShardWriteOutcome>> {
+        let write_quorum = match requested_quorum {
+            None => self
+                .config
+                .write_quorum
+                .for_replication_factor(collection.replication_factor),
+            Some(quorum) if (1..=collection.replication_factor).contains(&quorum) => quorum,
+            Some(quorum) => {
+                return Err(Error::InvalidArgument(format!(
+                    "write_quorum must be between 1 and the replication factor {}, got {quorum}",
+                    collection.replication_factor
+                )))
+            }
+        };
+        let calls = parts.iter().map(|(shard, write)| async move {
+            (
+                *shard,
+                self.write_shard(&collection.name, *shard, write_quorum, write, deadline)
+                    .await,
+            )
+        });
+        let mut outcomes = BTreeMap::new();
+        let mut failures = Vec::new();
+        for (shard, result) in join_all(calls).await {
             match result {
-                Ok(response) => {
-                    outcome.succeeded += 1;
-                    outcome.affected = outcome.affected.max(response.affected);
+                Ok(outcome) => {
+                    outcomes.insert(shard, outcome);
                 }
-                Err(status) => {
-                    tracing::warn!(%collection, shard, %searcher_id, code = ?status.code(), message = status.message(), "replica write failed");
-                    metrics::replica_write_failed(code_name(status.code()));
-                    outcome.failures.push(ReplicaFailure {
-                        shard,
-                        searcher_id,
-                        code: code_name(status.code()).into(),
-                        message: status.message().to_string(),
-                    });
-                }
+                Err(failure) => failures.push(failure),
             }
         }
-        let unacknowledged: Vec<&ShardWriteOutcome> = outcomes
-            .values()
-            .filter(|outcome| outcome.succeeded == 0)
-            .collect();
-        if unacknowledged.is_empty() {
+        if failures.is_empty() {
             return Ok(outcomes);
         }
-        let failures: Vec<&ReplicaFailure> = unacknowledged
-            .iter()
-            .flat_map(|outcome| outcome.failures.iter())
-            .collect();
         // One shared answer about the request itself (say INVALID_ARGUMENT) passes through;
-        // anything else means replicas were unreachable, which a retry may fix.
+        // anything else means primaries were unreachable, which a retry may fix.
         let codes: HashSet<&str> = failures
             .iter()
             .map(|failure| failure.code.as_str())
             .collect();
         let code = match codes.iter().next() {
-            Some(only) if codes.len() == 1 => code_from_name(only),
+            Some(only) if codes.len() == 1 => match code_from_name(only) {
+                Code::FailedPrecondition | Code::NotFound | Code::Aborted => Code::Unavailable,
+                other => other,
+            },
             _ => Code::Unavailable,
         };
         let detail: Vec<String> = failures
@@ -316,8 +447,9 @@ impl Merger {
         Err(Error::Searcher {
             code,
             message: format!(
-                "write not acknowledged: {} shard(s) have no replica that took it ({}); writes are idempotent, retry the request",
-                unacknowledged.len(),
+                "write not acknowledged: {} of {} shard(s) did not reach their write quorum of {write_quorum} ({}); writes are idempotent, retry the request",
+                failures.len(),
+                parts.len(),
                 detail.join("; ")
             ),
         })
@@ -340,6 +472,18 @@ fn remaining(deadline: Instant) -> Result<Duration, Status> {
 }
 
 /// Bounds a call locally too: the server-side timeout does not cover connecting.
+fn write_reports(
+    outcomes: impl Iterator<Item = ShardWriteOutcome>,
+) -> (Vec<ReplicaFailure>, Vec<ShardWrite>) {
+    let mut lagging = Vec::new();
+    let mut shards = Vec::new();
+    for outcome in outcomes {
+        lagging.extend(outcome.lagging);
+        shards.push(outcome.report);
+    }
+    (lagging, shards)
+}
+
 async fn with_deadline<T>(
     budget: Duration,
     call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
@@ -407,32 +551,47 @@ fn replica_state(
 pub fn describe(state: &ClusterState, name: &str) -> Option<CollectionDescription> {
     let record = state.collections.get(name)?;
     let shards = (0..record.num_shards)
-        .map(|shard| ShardDescription {
-            shard,
-            replicas: state
-                .assignment(name, shard)
-                .map(|assignment| {
-                    assignment
-                        .replicas
-                        .iter()
-                        .map(|searcher_id| {
-                            let reported = state.replica(name, shard, searcher_id);
-                            ReplicaDescription {
-                                searcher_id: searcher_id.clone(),
-                                address: state
-                                    .searchers
-                                    .get(searcher_id)
-                                    .map(|searcher| searcher.address.clone())
-                                    .unwrap_or_default(),
-                                state: replica_state(state, name, shard, searcher_id) as i32,
-                                point_count: reported.map_or(0, |record| record.point_count),
-                                applied_seq: reported.map_or(0, |record| record.applied_seq),
-                            }
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            ..Default::default()
+        .map(|shard| {
+            let Some(assignment) = state.assignment(name, shard) else {
+                return ShardDescription {
+                    shard,
+                    ..Default::default()
+                };
+            };
+            ShardDescription {
+                shard,
+                replicas: assignment
+                    .members()
+                    .map(|searcher_id| {
+                        let reported = state.replica(name, shard, searcher_id);
+                        ReplicaDescription {
+                            searcher_id: searcher_id.clone(),
+                            address: state
+                                .searchers
+                                .get(searcher_id)
+                                .map(|searcher| searcher.address.clone())
+                                .unwrap_or_default(),
+                            state: replica_state(state, name, shard, searcher_id) as i32,
+                            point_count: reported.map_or(0, |record| record.point_count),
+                            applied_seq: reported.map_or(0, |record| record.applied_seq),
+                            role: match assignment.role_of(searcher_id) {
+                                Some(quiver_cluster::ReplicaRole::Primary) => {
+                                    v1::ReplicaRole::Primary
+                                }
+                                Some(quiver_cluster::ReplicaRole::Follower) => {
+                                    v1::ReplicaRole::Follower
+                                }
+                                Some(quiver_cluster::ReplicaRole::Learner) => {
+                                    v1::ReplicaRole::Learner
+                                }
+                                None => v1::ReplicaRole::Unspecified,
+                            } as i32,
+                        }
+                    })
+                    .collect(),
+                primary: assignment.primary().to_string(),
+                epoch: assignment.epoch,
+            }
         })
         .collect();
     Some(CollectionDescription {
@@ -557,6 +716,7 @@ impl MergerService for Merger {
         let collection = Self::collection(&state, &request.collection)?;
         let deadline = Self::deadline(self.config.write_timeout, 0, client_timeout);
         let total = request.points.len() as u32;
+        let write_quorum = request.write_quorum;
         // Up to 10,000 vectors and JSON payloads to check and re-serialise: CPU work.
         let record = collection.clone();
         let parts: BTreeMap<u32, ReplicaWrite> = run_blocking("validating the upsert", move || {
@@ -578,15 +738,13 @@ impl MergerService for Merger {
         })
         .await??;
         let outcomes = self
-            .write_to_shards(&state, &collection.name, parts, deadline)
+            .write_to_shards(&collection, write_quorum, parts, deadline)
             .await?;
+        let (failed_replicas, shards) = write_reports(outcomes.into_values());
         Ok(UpsertResponse {
             upserted: total,
-            failed_replicas: outcomes
-                .into_values()
-                .flat_map(|outcome| outcome.failures)
-                .collect(),
-            ..Default::default()
+            failed_replicas,
+            shards,
         })
     }
 
@@ -611,15 +769,14 @@ impl MergerService for Merger {
             .map(|(shard, ids)| (shard, ReplicaWrite::Delete(ids)))
             .collect();
         let outcomes = self
-            .write_to_shards(&state, &collection.name, parts, deadline)
+            .write_to_shards(&collection, request.write_quorum, parts, deadline)
             .await?;
+        let deleted = outcomes.values().map(|outcome| outcome.affected).sum();
+        let (failed_replicas, shards) = write_reports(outcomes.into_values());
         Ok(DeleteResponse {
-            deleted: outcomes.values().map(|outcome| outcome.affected).sum(),
-            failed_replicas: outcomes
-                .into_values()
-                .flat_map(|outcome| outcome.failures)
-                .collect(),
-            ..Default::default()
+            deleted,
+            failed_replicas,
+            shards,
         })
     }
 

@@ -28,6 +28,18 @@ pub enum Error {
     Cluster(#[from] quiver_cluster::Error),
     #[error("internal: {0}")]
     Internal(String),
+    /// The caller's view of the shard's primary is out of date (wrong Searcher or epoch), or
+    /// this replica was fenced by a newer primary; the caller retries once its view moved on.
+    #[error("{0}")]
+    NotPrimary(String),
+    /// The write is durable on the primary but fewer replicas than its write quorum
+    /// acknowledged it in time: it is not acknowledged, and a retry is safe (writes are
+    /// idempotent).
+    #[error("{0}")]
+    QuorumNotReached(String),
+    /// A newly promoted primary is still collecting the longest log from its peers.
+    #[error("{0}")]
+    Recovering(String),
     /// Test-only fault injection ([`crate::fault`]) failed the call on purpose.
     #[error("{0}")]
     InjectedFault(String),
@@ -54,6 +66,8 @@ impl Error {
             // The Searcher meets etcd only off the request path (registration, watching).
             Error::Cluster(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
+            Error::NotPrimary(_) => Code::FailedPrecondition,
+            Error::QuorumNotReached(_) | Error::Recovering(_) => Code::Unavailable,
             Error::InjectedFault(_) => Code::Unavailable,
         }
     }

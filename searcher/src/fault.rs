@@ -19,9 +19,13 @@ use async_trait::async_trait;
 use crate::{
     error::{Error, Result},
     point::PointData,
-    replica::ReplicaCounters,
-    service::{ReplicaReport, SearcherService, ShardSearch, ShardSearchOutcome},
+    replication::PullOutcome,
+    service::{
+        ExportedSnapshot, ReplicaReport, SearcherService, ShardSearch, ShardSearchOutcome,
+        ShardWrite, ShardWriteOutcome,
+    },
 };
+use quiver_proto::v1::PullLogRequest;
 
 /// Which faults to inject into search calls. The default injects none.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,22 +135,8 @@ impl SearcherService for FaultInjecting {
         self.inner.search(request).await
     }
 
-    async fn upsert(
-        &self,
-        collection: &str,
-        shard: u32,
-        points: Vec<PointData>,
-    ) -> Result<(usize, ReplicaCounters)> {
-        self.inner.upsert(collection, shard, points).await
-    }
-
-    async fn delete(
-        &self,
-        collection: &str,
-        shard: u32,
-        ids: Vec<String>,
-    ) -> Result<(usize, ReplicaCounters)> {
-        self.inner.delete(collection, shard, ids).await
+    async fn write(&self, write: ShardWrite) -> Result<ShardWriteOutcome> {
+        self.inner.write(write).await
     }
 
     async fn get(
@@ -164,6 +154,18 @@ impl SearcherService for FaultInjecting {
 
     async fn replica_status(&self, collection: Option<&str>) -> Vec<ReplicaReport> {
         self.inner.replica_status(collection).await
+    }
+
+    async fn pull_log(&self, request: PullLogRequest) -> Result<PullOutcome> {
+        self.inner.pull_log(request).await
+    }
+
+    async fn fence(&self, collection: &str, shard: u32, epoch: u64) -> Result<(u64, u64)> {
+        self.inner.fence(collection, shard, epoch).await
+    }
+
+    async fn export_snapshot(&self, collection: &str, shard: u32) -> Result<ExportedSnapshot> {
+        self.inner.export_snapshot(collection, shard).await
     }
 }
 
@@ -221,11 +223,6 @@ mod tests {
 
     struct Answers;
 
-    const COUNTERS: ReplicaCounters = ReplicaCounters {
-        point_count: 0,
-        applied_seq: 0,
-    };
-
     #[async_trait]
     impl SearcherService for Answers {
         async fn search(&self, request: ShardSearch) -> Result<ShardSearchOutcome> {
@@ -235,21 +232,29 @@ mod tests {
                 failed_shards: Vec::new(),
             })
         }
-        async fn upsert(
-            &self,
-            _: &str,
-            _: u32,
-            points: Vec<PointData>,
-        ) -> Result<(usize, ReplicaCounters)> {
-            Ok((points.len(), COUNTERS))
+        async fn write(&self, write: ShardWrite) -> Result<ShardWriteOutcome> {
+            Ok(ShardWriteOutcome {
+                affected: match write.op {
+                    crate::wal::WalOp::Upsert(points) => points.len(),
+                    crate::wal::WalOp::Delete(ids) => ids.len(),
+                },
+                counters: crate::replica::ReplicaCounters {
+                    point_count: 0,
+                    applied_seq: 0,
+                },
+                seq: 1,
+                acknowledged_by: vec!["s1".into()],
+                write_quorum: write.write_quorum,
+            })
         }
-        async fn delete(
-            &self,
-            _: &str,
-            _: u32,
-            ids: Vec<String>,
-        ) -> Result<(usize, ReplicaCounters)> {
-            Ok((ids.len(), COUNTERS))
+        async fn pull_log(&self, _: PullLogRequest) -> Result<PullOutcome> {
+            Ok(PullOutcome::default())
+        }
+        async fn fence(&self, _: &str, _: u32, _: u64) -> Result<(u64, u64)> {
+            Ok((0, 0))
+        }
+        async fn export_snapshot(&self, _: &str, _: u32) -> Result<ExportedSnapshot> {
+            Err(Error::Internal("no snapshots here".into()))
         }
         async fn get(
             &self,
@@ -292,7 +297,15 @@ mod tests {
         assert!(first.is_ok());
         assert_eq!(second.code(), tonic::Code::Unavailable);
         assert!(second.to_string().contains("injected"));
-        assert_eq!(failing.upsert("c", 0, Vec::new()).await.unwrap().0, 0);
+        let write = ShardWrite {
+            collection: "c".into(),
+            shard: 0,
+            epoch: 1,
+            write_quorum: 1,
+            deadline: None,
+            op: crate::wal::WalOp::Upsert(Vec::new()),
+        };
+        assert_eq!(failing.write(write).await.unwrap().affected, 0);
 
         let slow = FaultInjecting::new(
             Arc::new(Answers),

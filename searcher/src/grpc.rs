@@ -16,9 +16,10 @@ use std::time::Instant;
 
 use crate::{
     point::PointData,
-    replica::ReplicaCounters,
-    service::{SearcherService, ShardSearch},
+    service::{ExportedSnapshot, SearcherService, ShardSearch, ShardWrite, ShardWriteOutcome},
+    wal::WalOp,
 };
+use quiver_cluster::ReplicaRole;
 
 pub struct SearcherGrpc {
     service: Arc<dyn SearcherService>,
@@ -51,13 +52,135 @@ fn point_from_proto(point: Point) -> PointData {
     }
 }
 
-fn write_response(affected: usize, counters: ReplicaCounters) -> ReplicaWriteResponse {
+fn write_response(outcome: ShardWriteOutcome) -> ReplicaWriteResponse {
     ReplicaWriteResponse {
-        affected: affected as u32,
-        point_count: counters.point_count,
-        applied_seq: counters.applied_seq,
-        ..Default::default()
+        affected: outcome.affected as u32,
+        point_count: outcome.counters.point_count,
+        applied_seq: outcome.counters.applied_seq,
+        seq: outcome.seq,
+        acknowledged_by: outcome.acknowledged_by,
+        write_quorum: outcome.write_quorum,
     }
+}
+
+pub fn role_to_proto(role: Option<ReplicaRole>) -> v1::ReplicaRole {
+    match role {
+        Some(ReplicaRole::Primary) => v1::ReplicaRole::Primary,
+        Some(ReplicaRole::Follower) => v1::ReplicaRole::Follower,
+        Some(ReplicaRole::Learner) => v1::ReplicaRole::Learner,
+        None => v1::ReplicaRole::Unspecified,
+    }
+}
+
+/// The caller's gRPC deadline, as an instant on this machine.
+fn deadline_of<T>(request: &Request<T>) -> Option<std::time::Instant> {
+    let header = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = header.split_at(header.len().checked_sub(1)?);
+    let value: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => std::time::Duration::from_secs(value.saturating_mul(3600)),
+        "M" => std::time::Duration::from_secs(value.saturating_mul(60)),
+        "S" => std::time::Duration::from_secs(value),
+        "m" => std::time::Duration::from_millis(value),
+        "u" => std::time::Duration::from_micros(value),
+        "n" => std::time::Duration::from_nanos(value),
+        _ => return None,
+    };
+    // Answer a little early so the verdict (say, quorum not reached) reaches the caller
+    // before its own deadline cancels the call.
+    let margin = (timeout / 10).min(std::time::Duration::from_millis(50));
+    Some(std::time::Instant::now() + timeout.saturating_sub(margin))
+}
+
+/// Bytes per streamed snapshot chunk.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+async fn stream_snapshot(
+    exported: ExportedSnapshot,
+    sender: tokio::sync::mpsc::Sender<Result<v1::SnapshotChunk, Status>>,
+) {
+    use tokio::io::AsyncReadExt;
+    let header = v1::SnapshotHeader {
+        applied_seq: exported.info.applied_seq,
+        last_epoch: exported.info.last_epoch,
+        epochs: exported
+            .info
+            .epochs
+            .starts
+            .iter()
+            .map(|(epoch, start_seq)| v1::EpochStart {
+                epoch: *epoch,
+                start_seq: *start_seq,
+            })
+            .collect(),
+        incarnation: exported.incarnation.clone(),
+        total_bytes: exported.files.iter().map(|(_, size)| size).sum(),
+        file_count: exported.files.len() as u32,
+    };
+    if sender
+        .send(Ok(v1::SnapshotChunk {
+            header: Some(header),
+            ..Default::default()
+        }))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    for (name, _) in &exported.files {
+        let path = exported.dir.join(name);
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(error) => {
+                let _ = sender
+                    .send(Err(Status::internal(format!("reading {name}: {error}"))))
+                    .await;
+                return;
+            }
+        };
+        let mut offset = 0u64;
+        loop {
+            let mut buffer = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+            let read = match file.read(&mut buffer).await {
+                Ok(read) => read,
+                Err(error) => {
+                    let _ = sender
+                        .send(Err(Status::internal(format!("reading {name}: {error}"))))
+                        .await;
+                    return;
+                }
+            };
+            if read == 0 {
+                break;
+            }
+            buffer.truncate(read);
+            let chunk = v1::SnapshotChunk {
+                header: None,
+                file: name.clone(),
+                offset,
+                data: buffer,
+            };
+            offset += read as u64;
+            if sender.send(Ok(chunk)).await.is_err() {
+                return;
+            }
+        }
+        // An empty file still has to exist on the other side.
+        if offset == 0
+            && sender
+                .send(Ok(v1::SnapshotChunk {
+                    header: None,
+                    file: name.clone(),
+                    offset: 0,
+                    data: Vec::new(),
+                }))
+                .await
+                .is_err()
+        {
+            return;
+        }
+    }
+    drop(exported);
 }
 
 #[tonic::async_trait]
@@ -67,23 +190,59 @@ impl Searcher for SearcherGrpc {
 
     async fn pull_log(
         &self,
-        _request: Request<v1::PullLogRequest>,
+        request: Request<v1::PullLogRequest>,
     ) -> Result<Response<v1::PullLogResponse>, Status> {
-        Err(Status::unimplemented("replication is not wired yet"))
+        let outcome = self.service.pull_log(request.into_inner()).await?;
+        Ok(Response::new(v1::PullLogResponse {
+            records: outcome
+                .records
+                .iter()
+                .map(crate::replication::record_to_proto)
+                .collect(),
+            source_applied_seq: outcome.source_applied_seq,
+            snapshot_required: outcome.snapshot_required.is_some(),
+            reason: outcome.snapshot_required.unwrap_or_default(),
+        }))
     }
 
     async fn fence(
         &self,
-        _request: Request<v1::FenceRequest>,
+        request: Request<v1::FenceRequest>,
     ) -> Result<Response<v1::FenceResponse>, Status> {
-        Err(Status::unimplemented("replication is not wired yet"))
+        let request = request.into_inner();
+        tracing::info!(collection = %request.collection, shard = request.shard, epoch = request.epoch, primary = %request.primary, "fenced by a new primary");
+        let (applied_seq, last_epoch) = self
+            .service
+            .fence(&request.collection, request.shard, request.epoch)
+            .await?;
+        Ok(Response::new(v1::FenceResponse {
+            applied_seq,
+            last_epoch,
+        }))
     }
 
     async fn copy_snapshot(
         &self,
-        _request: Request<v1::CopySnapshotRequest>,
+        request: Request<v1::CopySnapshotRequest>,
     ) -> Result<Response<Self::CopySnapshotStream>, Status> {
-        Err(Status::unimplemented("replication is not wired yet"))
+        let request = request.into_inner();
+        let exported = self
+            .service
+            .export_snapshot(&request.collection, request.shard)
+            .await?;
+        tracing::info!(
+            collection = %request.collection,
+            shard = request.shard,
+            to = %request.searcher_id,
+            applied_seq = exported.info.applied_seq,
+            files = exported.files.len(),
+            "streaming a snapshot to a peer"
+        );
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(stream_snapshot(exported, sender));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        )))
     }
 
     async fn search(
@@ -152,13 +311,21 @@ impl Searcher for SearcherGrpc {
     ) -> Result<Response<ReplicaWriteResponse>, Status> {
         let started = Instant::now();
         let result = async move {
+            let deadline = deadline_of(&request);
             let request = request.into_inner();
             let points = request.points.into_iter().map(point_from_proto).collect();
-            let (affected, counters) = self
+            let outcome = self
                 .service
-                .upsert(&request.collection, request.shard, points)
+                .write(ShardWrite {
+                    collection: request.collection,
+                    shard: request.shard,
+                    epoch: request.epoch,
+                    write_quorum: request.write_quorum,
+                    deadline,
+                    op: WalOp::Upsert(points),
+                })
                 .await?;
-            Ok(Response::new(write_response(affected, counters)))
+            Ok(Response::new(write_response(outcome)))
         }
         .await;
         crate::metrics::REQUESTS.observe("upsert", started, result)
@@ -170,12 +337,20 @@ impl Searcher for SearcherGrpc {
     ) -> Result<Response<ReplicaWriteResponse>, Status> {
         let started = Instant::now();
         let result = async move {
+            let deadline = deadline_of(&request);
             let request = request.into_inner();
-            let (affected, counters) = self
+            let outcome = self
                 .service
-                .delete(&request.collection, request.shard, request.ids)
+                .write(ShardWrite {
+                    collection: request.collection,
+                    shard: request.shard,
+                    epoch: request.epoch,
+                    write_quorum: request.write_quorum,
+                    deadline,
+                    op: WalOp::Delete(request.ids),
+                })
                 .await?;
-            Ok(Response::new(write_response(affected, counters)))
+            Ok(Response::new(write_response(outcome)))
         }
         .await;
         crate::metrics::REQUESTS.observe("delete", started, result)
@@ -231,7 +406,8 @@ impl Searcher for SearcherGrpc {
                         state: phase_to_proto(report.phase) as i32,
                         point_count: report.counters.point_count,
                         applied_seq: report.counters.applied_seq,
-                        ..Default::default()
+                        role: role_to_proto(report.role) as i32,
+                        epoch: report.epoch,
                     })
                     .collect(),
             }))

@@ -4,6 +4,7 @@
 //! - [`service`]: the [`service::SearcherService`] trait and [`service::SearcherNode`].
 //! - [`grpc`]: the thin gRPC adapter.
 //! - [`reconcile`]: follows the assignments in etcd, opening and closing replicas.
+//! - [`replication`]: primary → follower log shipping, fencing, recovery, snapshot copy.
 //! - [`server`]: wires one process together.
 //! - [`fault`]: test-only fault injection (slow or failing searches).
 
@@ -14,9 +15,11 @@ pub mod metrics;
 pub mod point;
 pub mod reconcile;
 pub mod replica;
+pub mod replication;
 pub mod server;
 pub mod service;
 pub mod wal;
 
 pub use error::{Error, Result};
 pub use server::{run, SearcherConfig};
+pub use wal::{WalOptions, WalSync};

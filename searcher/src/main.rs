@@ -39,6 +39,18 @@ struct Args {
     /// Write the advertised address to this file once registered and serving.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// When the write-ahead log is fsynced: `always` (before every write is acknowledged),
+    /// `interval:<ms>` (at most that long after; a power loss may lose the last writes), or
+    /// `never` (left to the OS; survives a process crash, not a power loss).
+    #[arg(long, env = "QUIVER_WAL_SYNC", default_value = "always")]
+    wal_sync: quiver_searcher::WalSync,
+    /// Size at which the write-ahead log starts a new segment, in MiB.
+    #[arg(long, env = "QUIVER_WAL_SEGMENT_MIB", default_value_t = 64)]
+    wal_segment_mib: u64,
+    /// How long replicas stay DRAINING, still answering, before they close (on SIGTERM and
+    /// when a replica moves away), so Mergers stop routing to them first.
+    #[arg(long, env = "QUIVER_DRAIN_GRACE_MS", default_value_t = 1000)]
+    drain_grace_ms: u64,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "QUIVER_LOG_JSON")]
     log_json: bool,
@@ -77,6 +89,11 @@ async fn main() -> anyhow::Result<()> {
             delay_fraction: args.fault_delay_fraction,
             fail_fraction: args.fault_fail_fraction,
         },
+        wal: quiver_searcher::WalOptions {
+            sync: args.wal_sync,
+            segment_bytes: args.wal_segment_mib.max(1) << 20,
+        },
+        drain_grace: Duration::from_millis(args.drain_grace_ms),
     };
     run(
         config,

@@ -35,3 +35,30 @@ pub fn set_replica_points(collection: &str, shard: u32, points: u64) {
 pub fn forget_replica(collection: &str, shard: u32) {
     let _ = REPLICA_POINTS.remove_label_values(&[collection, &shard.to_string()]);
 }
+
+static WRITE_QUORUM_MISSED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    prometheus::register_int_counter!(
+        "quiver_searcher_write_quorum_missed_total",
+        "Writes this primary logged that did not reach their quorum before the deadline (not acknowledged)."
+    )
+    .expect("metric registers once")
+});
+
+static REPLICA_OPEN_FAILURES: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    prometheus::register_int_counter_vec!(
+        "quiver_searcher_replica_open_failures_total",
+        "Replicas that failed to open, by whether their files were corrupt (checksum or format).",
+        &["corrupt"]
+    )
+    .expect("metric registers once")
+});
+
+pub fn write_quorum_missed() {
+    WRITE_QUORUM_MISSED.inc();
+}
+
+pub fn replica_open_failed(corrupt: bool) {
+    REPLICA_OPEN_FAILURES
+        .with_label_values(&[if corrupt { "true" } else { "false" }])
+        .inc();
+}

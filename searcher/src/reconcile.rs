@@ -1,9 +1,14 @@
 //! Makes the replicas hosted here follow the assignments in etcd.
 //!
 //! The loop wakes on every change of the watched cluster view and on a timer. Newly assigned
-//! replicas are announced BOOTING, opened (log replay) on the blocking pool, then announced
-//! ACTIVE; replicas no longer assigned here are announced DRAINING, closed, and their status
-//! key deleted. Their files are deleted only after a fresh etcd read confirms the collection
+//! replicas are announced BOOTING and opened (log replay) on the blocking pool. A primary
+//! turns ACTIVE at once, and takes writes once it began its epoch (after fencing its peers
+//! and adopting the longest log, [`Replicator::recover_primary`]); a follower or learner
+//! turns ACTIVE once it caught up with its primary ([`Replicator::follow`]). A replica whose
+//! files are corrupt is announced FAILED with the reason; when a peer of the shard is ACTIVE
+//! its files are moved into `quarantine/` and it is rebuilt from that peer. Replicas no
+//! longer assigned here are announced DRAINING, closed after a short grace (so Mergers stop
+//! routing to them first), and their status key deleted. Their files are deleted only after a fresh etcd read confirms the collection
 //! is gone (or re-created) or the shard moved away: a view that merely lacks the record (a
 //! malformed value, say) must never cost data. Status keys live under the Searcher's lease,
 //! so a Searcher that dies takes them with it. Point counts are republished shortly after
@@ -22,9 +27,13 @@ use quiver_cluster::{
 use tokio::sync::watch;
 
 use crate::{
+    error::Error,
     replica::{Replica, ReplicaConfig, ReplicaCounters},
+    replication::{PeerClients, Replicator},
     service::{Hosted, SearcherNode},
 };
+use quiver_cluster::ReplicaRole;
+use tokio::task::JoinHandle;
 
 /// How often counters are republished and failed opens retried.
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
@@ -40,7 +49,17 @@ pub struct Reconciler {
     schema: KeySchema,
     /// What was last written to each status key, to skip unchanged republishing.
     published: HashMap<(String, u32), ReplicaRecord>,
-    open_failures: HashMap<(String, u32), Instant>,
+    open_failures: HashMap<(String, u32), (Instant, String)>,
+    replicator: Arc<Replicator>,
+    /// The follow or recovery task of each replica, whichever its role needs.
+    tasks: HashMap<(String, u32), (TaskKind, JoinHandle<()>)>,
+    drain_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TaskKind {
+    Follow,
+    Recover(u64),
 }
 
 impl Reconciler {
@@ -50,7 +69,13 @@ impl Reconciler {
         view: ClusterView,
         registration: Arc<Registration>,
         schema: KeySchema,
+        drain_grace: Duration,
     ) -> Reconciler {
+        let replicator = Arc::new(Replicator {
+            node: Arc::clone(&node),
+            view: view.clone(),
+            peers: Arc::new(PeerClients::default()),
+        });
         Reconciler {
             node,
             store,
@@ -59,17 +84,36 @@ impl Reconciler {
             schema,
             published: HashMap::new(),
             open_failures: HashMap::new(),
+            replicator,
+            tasks: HashMap::new(),
+            drain_grace,
         }
     }
 
-    /// Runs until `shutdown` turns true.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    /// Announces every hosted replica DRAINING (graceful stop): Mergers stop routing to
+    /// them while in-flight work finishes.
+    pub async fn drain_all(&mut self) {
+        for (key, hosted) in self.node.hosted() {
+            self.node.set_phase(&key.0, key.1, ReplicaPhase::Draining);
+            let counters = hosted
+                .replica
+                .as_ref()
+                .map_or_else(zero_counters, |replica| replica.counters());
+            self.publish(&key, ReplicaPhase::Draining, counters).await;
+        }
+        for (_, (_, task)) in self.tasks.drain() {
+            task.abort();
+        }
+    }
+
+    /// Runs until `shutdown` turns true, then hands itself back for the drain.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Reconciler {
         let mut changes = self.view.subscribe();
         let mut ticker = tokio::time::interval(STATUS_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *shutdown.borrow() {
-                return;
+                return self;
             }
             let state = self.view.current();
             self.reconcile(&state).await;
@@ -77,7 +121,7 @@ impl Reconciler {
                 changed = changes.changed() => {
                     if changed.is_err() {
                         tracing::warn!("cluster view closed; stopping the reconciler");
-                        return;
+                        return self;
                     }
                 }
                 _ = ticker.tick() => {}
@@ -105,12 +149,23 @@ impl Reconciler {
             }
         }
 
+        let abandoned: Vec<(String, u32)> = self
+            .open_failures
+            .keys()
+            .filter(|key| !desired.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in abandoned {
+            self.open_failures.remove(&key);
+            self.unpublish(&key).await;
+        }
+
         let hosted = self.node.hosted();
         for (key, config) in desired {
             if hosted.contains_key(&key) {
                 continue;
             }
-            if let Some(failed_at) = self.open_failures.get(&key) {
+            if let Some((failed_at, _)) = self.open_failures.get(&key) {
                 if failed_at.elapsed() < OPEN_RETRY_BACKOFF {
                     continue;
                 }
@@ -118,7 +173,58 @@ impl Reconciler {
             self.open(key, config).await;
         }
 
+        self.follow_roles(state);
         self.publish_counters().await;
+    }
+
+    /// Gives every open replica the assignment the view shows and the task its role needs:
+    /// a follow loop for followers and learners, a recovery for a primary of a new epoch.
+    fn follow_roles(&mut self, state: &ClusterState) {
+        let me = self.node.id().to_string();
+        self.tasks.retain(|_, (_, task)| !task.is_finished());
+        for (key, hosted) in self.node.hosted() {
+            let assignment = state.assignment(&key.0, key.1).cloned();
+            hosted.state.set_assignment(assignment.clone());
+            let (Some(replica), Some(assignment)) = (hosted.replica, assignment) else {
+                continue;
+            };
+            let wanted = match assignment.role_of(&me) {
+                Some(ReplicaRole::Primary) => {
+                    if hosted.state.ready_epoch() == assignment.epoch {
+                        None
+                    } else if replica.epochs().current() >= assignment.epoch {
+                        hosted.state.set_ready_epoch(assignment.epoch);
+                        None
+                    } else {
+                        Some(TaskKind::Recover(assignment.epoch))
+                    }
+                }
+                Some(ReplicaRole::Follower | ReplicaRole::Learner) => {
+                    hosted.state.set_ready_epoch(0);
+                    Some(TaskKind::Follow)
+                }
+                None => None,
+            };
+            if let Some((running, task)) = self.tasks.get(&key) {
+                if Some(*running) == wanted {
+                    continue;
+                }
+                task.abort();
+                self.tasks.remove(&key);
+            }
+            let Some(kind) = wanted else {
+                continue;
+            };
+            let replicator = Arc::clone(&self.replicator);
+            let (collection, shard) = key.clone();
+            let task = match kind {
+                TaskKind::Follow => tokio::spawn(replicator.follow(collection, shard)),
+                TaskKind::Recover(epoch) => {
+                    tokio::spawn(replicator.recover_primary(collection, shard, epoch))
+                }
+            };
+            self.tasks.insert(key, (kind, task));
+        }
     }
 
     async fn open(&mut self, key: (String, u32), config: ReplicaConfig) {
@@ -126,55 +232,122 @@ impl Reconciler {
         self.node.set_slot(
             &collection,
             shard,
-            Some(Hosted {
-                phase: ReplicaPhase::Booting,
-                replica: None,
-            }),
+            Some(Hosted::new(ReplicaPhase::Booting, None)),
         );
         self.publish(&key, ReplicaPhase::Booting, zero_counters())
             .await;
         let dir = self.node.replica_dir(&collection, shard);
-        let opened = tokio::task::spawn_blocking(move || Replica::open(&dir, config)).await;
+        let wal_options = self.node.wal_options();
+        let open_config = config.clone();
+        let opened =
+            tokio::task::spawn_blocking(move || Replica::open_with(&dir, open_config, wal_options))
+                .await;
         match opened {
             Ok(Ok(replica)) => {
                 let counters = replica.counters();
+                let state = self.view.current();
+                let role = state
+                    .assignment(&collection, shard)
+                    .and_then(|assignment| assignment.role_of(self.node.id()));
+                // A follower serves once it caught up with its primary; a primary is the
+                // reference.
+                let phase = if role == Some(ReplicaRole::Primary) {
+                    ReplicaPhase::Active
+                } else {
+                    ReplicaPhase::Booting
+                };
                 self.node.set_slot(
                     &collection,
                     shard,
-                    Some(Hosted {
-                        phase: ReplicaPhase::Active,
-                        replica: Some(Arc::new(replica)),
-                    }),
+                    Some(Hosted::new(phase, Some(Arc::new(replica)))),
                 );
                 self.open_failures.remove(&key);
-                self.publish(&key, ReplicaPhase::Active, counters).await;
-                tracing::info!(%collection, shard, "replica active");
+                self.publish(&key, phase, counters).await;
+                tracing::info!(%collection, shard, ?role, ?phase, applied_seq = counters.applied_seq, "replica opened");
             }
-            Ok(Err(error)) => self.record_open_failure(key, &error.to_string()).await,
-            Err(error) => self.record_open_failure(key, &error.to_string()).await,
+            Ok(Err(error)) => {
+                let corrupt = matches!(
+                    error,
+                    Error::Corrupt { .. } | Error::Index(quiver_index::Error::Corrupt(_))
+                );
+                self.record_open_failure(key, &error.to_string(), corrupt)
+                    .await
+            }
+            Err(error) => {
+                self.record_open_failure(key, &error.to_string(), false)
+                    .await
+            }
         }
     }
 
-    async fn record_open_failure(&mut self, key: (String, u32), reason: &str) {
-        tracing::error!(collection = %key.0, shard = key.1, %reason, "replica failed to open");
+    /// Reports the replica FAILED with the reason. Corrupt files are never served nor
+    /// silently dropped: when another replica of the shard is ACTIVE they are moved into
+    /// `quarantine/` and the replica is rebuilt from that peer at the next pass; otherwise
+    /// they stay where they are and the replica stays FAILED.
+    async fn record_open_failure(&mut self, key: (String, u32), reason: &str, corrupt: bool) {
+        tracing::error!(collection = %key.0, shard = key.1, %reason, corrupt, "replica failed to open");
         self.node.set_slot(&key.0, key.1, None);
-        self.unpublish(&key).await;
-        self.open_failures.insert(key, Instant::now());
+        let record = ReplicaRecord {
+            state: ReplicaPhase::Failed,
+            error: Some(reason.to_string()),
+            ..Default::default()
+        };
+        self.publish_record(&key, record).await;
+        crate::metrics::replica_open_failed(corrupt);
+        let mut quarantined = false;
+        if corrupt {
+            let state = self.view.current();
+            let peer_active = state.assignment(&key.0, key.1).is_some_and(|assignment| {
+                assignment.replicas.iter().any(|id| {
+                    id != self.node.id()
+                        && state.searchers.contains_key(id)
+                        && state
+                            .replica(&key.0, key.1, id)
+                            .is_some_and(|record| record.state == ReplicaPhase::Active)
+                })
+            });
+            if peer_active {
+                let dir = self.node.replica_dir(&key.0, key.1);
+                let quarantine = self.node.quarantine_dir(&key.0, key.1);
+                match tokio::task::spawn_blocking(move || quarantine_files(&dir, &quarantine)).await
+                {
+                    Ok(Ok(moved_to)) => {
+                        tracing::warn!(collection = %key.0, shard = key.1, quarantine = %moved_to.display(), "corrupt replica files quarantined; rebuilding the replica from a peer");
+                        quarantined = true;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::error!(collection = %key.0, shard = key.1, %error, "could not quarantine corrupt replica files")
+                    }
+                    Err(error) => {
+                        tracing::error!(collection = %key.0, shard = key.1, %error, "quarantine task failed")
+                    }
+                }
+            }
+        }
+        if quarantined {
+            // Reopened (empty) at the next pass, then copied from the peer.
+            self.open_failures.remove(&key);
+        } else {
+            self.open_failures
+                .insert(key, (Instant::now(), reason.to_string()));
+        }
     }
 
     async fn close(&mut self, key: &(String, u32), hosted: Hosted) {
         let (collection, shard) = key;
         tracing::info!(%collection, shard, "replica no longer assigned here; closing");
-        self.node.set_slot(
-            collection,
-            *shard,
-            Some(Hosted {
-                phase: ReplicaPhase::Draining,
-                replica: hosted.replica.clone(),
-            }),
-        );
+        if let Some((_, task)) = self.tasks.remove(key) {
+            task.abort();
+        }
+        self.node
+            .set_phase(collection, *shard, ReplicaPhase::Draining);
         self.publish(key, ReplicaPhase::Draining, zero_counters())
             .await;
+        // Mergers route by what etcd says: give them a moment to see DRAINING before the
+        // replica stops answering.
+        if hosted.phase == ReplicaPhase::Active {
+            tokio::time::sleep(self.drain_grace).await;
+        }
         self.node.set_slot(collection, *shard, None);
         let incarnation = hosted
             .replica
@@ -232,11 +405,13 @@ impl Reconciler {
 
     async fn publish_counters(&mut self) {
         for (key, hosted) in self.node.hosted() {
-            let (ReplicaPhase::Active, Some(replica)) = (hosted.phase, hosted.replica) else {
+            let Some(replica) = hosted.replica else {
                 continue;
             };
-            self.publish(&key, ReplicaPhase::Active, replica.counters())
-                .await;
+            if hosted.phase == ReplicaPhase::Draining {
+                continue;
+            }
+            self.publish(&key, hosted.phase, replica.counters()).await;
         }
     }
 
@@ -246,12 +421,19 @@ impl Reconciler {
         phase: ReplicaPhase,
         counters: ReplicaCounters,
     ) {
+        let assignment = self.view.current().assignment(&key.0, key.1).cloned();
         let record = ReplicaRecord {
             state: phase,
             point_count: counters.point_count,
             applied_seq: counters.applied_seq,
-            ..Default::default()
+            epoch: assignment.as_ref().map_or(0, |assignment| assignment.epoch),
+            role: assignment.and_then(|assignment| assignment.role_of(self.node.id())),
+            error: None,
         };
+        self.publish_record(key, record).await;
+    }
+
+    async fn publish_record(&mut self, key: &(String, u32), record: ReplicaRecord) {
         if self.published.get(key) == Some(&record) {
             return;
         }
@@ -325,6 +507,22 @@ fn remove_replica_dir(dir: &std::path::Path) -> std::io::Result<()> {
         std::fs::File::open(parent)?.sync_all()?;
     }
     std::fs::remove_dir_all(&trash)
+}
+
+/// Moves a replica's files into `quarantine` (a fresh directory), keeping them for a
+/// person to inspect; returns where they went.
+fn quarantine_files(
+    dir: &std::path::Path,
+    quarantine: &std::path::Path,
+) -> std::io::Result<std::path::PathBuf> {
+    if let Some(parent) = quarantine.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::rename(dir, quarantine)?;
+    if let Some(parent) = dir.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(quarantine.to_path_buf())
 }
 
 fn zero_counters() -> ReplicaCounters {

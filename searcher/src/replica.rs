@@ -4,10 +4,13 @@
 //! Files under the replica's directory:
 //! - `replica.json`: which collection incarnation the files belong to; a mismatch (the
 //!   collection was dropped and re-created while this Searcher was away) discards them.
-//! - `wal.log`: every acknowledged write since the last snapshot ([`crate::wal`]).
+//! - `wal/`: every acknowledged write since the last snapshot, in segments ([`crate::wal`]).
 //! - `snapshot/`: the index as [`VectorIndex::save`] wrote it plus `points.bin` (ids,
-//!   payloads, the sequence number the snapshot covers). Replaced atomically by renaming
-//!   a complete `snapshot.tmp/` into place; the log is emptied only after that.
+//!   payloads, the sequence number and epoch the snapshot covers). Replaced atomically by
+//!   renaming a complete `snapshot.tmp/` into place; log segments it covers are deleted
+//!   only after that.
+//! - `epochs.json`: the replica's epoch history (where each primary epoch began in the
+//!   log) and the highest epoch it was fenced at; see [`EpochHistory`].
 //!
 //! Everything here is synchronous: the service runs it on the blocking pool.
 
@@ -31,12 +34,14 @@ use serde::{Deserialize, Serialize};
 use crate::{
     error::{Error, Result},
     point::PointData,
-    wal::{Cursor, Wal, WalOp, WalRecord},
+    wal::{Cursor, Wal, WalOp, WalOptions, WalRecord},
 };
 
 /// The log is folded into a snapshot once it grows past this, bounding restart replay time.
 const CHECKPOINT_WAL_BYTES: u64 = 256 << 20;
-const POINTS_MAGIC: &[u8; 8] = b"QVPTS001";
+const POINTS_MAGIC: &[u8; 8] = b"QVPTS002";
+/// Snapshots written before records carried epochs; read as epoch 0.
+const POINTS_MAGIC_V1: &[u8; 8] = b"QVPTS001";
 /// Queries searched under one acquisition of the data lock.
 const SEARCH_BLOCK_QUERIES: usize = 32;
 
@@ -73,11 +78,53 @@ struct ReplicaData {
     points: HashMap<u64, StoredPoint>,
     next_internal: u64,
     applied_seq: u64,
+    /// The epoch of the record `applied_seq`.
+    last_epoch: u64,
 }
 
 struct WalState {
     wal: Wal,
     last_seq: u64,
+    last_epoch: u64,
+    /// The sequence number the current snapshot covers.
+    snapshot_seq: u64,
+}
+
+/// Where each primary epoch began in this replica's log, and the newest epoch it was fenced
+/// at. A follower whose last record is from epoch `e` at sequence `s` shares the primary's
+/// history only if `s` is at most where the primary's epoch `e` ended; past that its tail
+/// is a write an old primary never got acknowledged, and it must start over from a
+/// snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochHistory {
+    /// No record of an older epoch is accepted from a primary once fenced at this one.
+    pub fenced: u64,
+    /// `(epoch, first sequence number written in it)`, in increasing order.
+    pub starts: Vec<(u64, u64)>,
+}
+
+impl EpochHistory {
+    /// The newest epoch this replica led (or learned from a snapshot); 0 for none.
+    pub fn current(&self) -> u64 {
+        self.starts.last().map_or(0, |(epoch, _)| *epoch)
+    }
+
+    /// The last sequence number written in `epoch` by this history, given that the log
+    /// ends at `last_seq`: just before the next epoch's start.
+    pub fn end_of(&self, epoch: u64, last_seq: u64) -> u64 {
+        self.starts
+            .iter()
+            .find(|(started, _)| *started > epoch)
+            .map_or(last_seq, |(_, start)| start.saturating_sub(1))
+    }
+}
+
+/// What a snapshot copied to another replica covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub applied_seq: u64,
+    pub last_epoch: u64,
+    pub epochs: EpochHistory,
 }
 
 pub struct Replica {
@@ -91,12 +138,24 @@ pub struct Replica {
     /// lock (which a long search batch may hold).
     point_count: AtomicU64,
     applied_seq: AtomicU64,
+    last_epoch: AtomicU64,
+    /// Changed under the `wal` lock only, so it orders with appends.
+    epochs: Mutex<EpochHistory>,
 }
 
 impl Replica {
     /// Opens the replica stored under `dir`, creating it empty if there is nothing there,
     /// and replays its log. Slow for large replicas: call from a blocking context.
     pub fn open(dir: &Path, config: ReplicaConfig) -> Result<Replica> {
+        Replica::open_with(dir, config, WalOptions::default())
+    }
+
+    /// [`Replica::open`] with a log policy other than the default.
+    pub fn open_with(
+        dir: &Path,
+        config: ReplicaConfig,
+        wal_options: WalOptions,
+    ) -> Result<Replica> {
         let index_spec: IndexSpec = config.index_spec.parse()?;
         create_dir_all_durably(dir)?;
         prepare_directory(dir, &config)?;
@@ -111,20 +170,24 @@ impl Replica {
                 points: HashMap::new(),
                 next_internal: 0,
                 applied_seq: 0,
+                last_epoch: 0,
             }
         };
+        let snapshot_seq = data.applied_seq;
+        let epochs = read_epochs(dir)?;
 
-        let wal_path = dir.join("wal.log");
-        let (wal, records) = Wal::open(&wal_path).map_err(|source| {
-            if source.kind() == io::ErrorKind::InvalidData {
-                Error::Corrupt {
-                    path: wal_path.display().to_string(),
-                    reason: source.to_string(),
+        let wal_path = dir.join("wal");
+        let (wal, records) =
+            Wal::open(&wal_path, wal_options, data.applied_seq).map_err(|source| {
+                if source.kind() == io::ErrorKind::InvalidData {
+                    Error::Corrupt {
+                        path: wal_path.display().to_string(),
+                        reason: source.to_string(),
+                    }
+                } else {
+                    storage(&wal_path, source)
                 }
-            } else {
-                storage(&wal_path, source)
-            }
-        })?;
+            })?;
         // The log file may be new: its directory entry must be durable before any write
         // in it is acknowledged.
         sync_dir(dir)?;
@@ -133,7 +196,7 @@ impl Replica {
             if record.seq <= data.applied_seq {
                 continue;
             }
-            data.apply(record.seq, record.op)?;
+            data.apply(record.seq, record.epoch, record.op)?;
             replayed += 1;
         }
         tracing::info!(
@@ -145,15 +208,184 @@ impl Replica {
             "replica opened"
         );
         let last_seq = data.applied_seq;
+        let last_epoch = data.last_epoch;
         let point_count = data.points.len() as u64;
         Ok(Replica {
             config,
             dir: dir.to_path_buf(),
             data: RwLock::new(data),
-            wal: Mutex::new(WalState { wal, last_seq }),
+            wal: Mutex::new(WalState {
+                wal,
+                last_seq,
+                last_epoch,
+                snapshot_seq,
+            }),
             point_count: AtomicU64::new(point_count),
             applied_seq: AtomicU64::new(last_seq),
+            last_epoch: AtomicU64::new(last_epoch),
+            epochs: Mutex::new(epochs),
         })
+    }
+
+    /// The epoch of the last record applied; lock-free.
+    pub fn last_epoch(&self) -> u64 {
+        self.last_epoch.load(Ordering::Acquire)
+    }
+
+    pub fn epochs(&self) -> EpochHistory {
+        self.epochs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Promises to refuse records from primaries older than `epoch`; returns the applied
+    /// sequence number and its epoch at that moment, for the new primary to find the
+    /// longest log.
+    pub fn fence(&self, epoch: u64) -> Result<(u64, u64)> {
+        let wal_state = self.lock_wal()?;
+        let mut epochs = self
+            .epochs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if epoch > epochs.fenced {
+            let mut updated = epochs.clone();
+            updated.fenced = epoch;
+            write_epochs(&self.dir, &updated)?;
+            *epochs = updated;
+        }
+        Ok((wal_state.last_seq, wal_state.last_epoch))
+    }
+
+    /// Starts primary epoch `epoch` at the next sequence number (once this replica holds the
+    /// longest log of the shard). Idempotent.
+    pub fn begin_epoch(&self, epoch: u64) -> Result<()> {
+        let wal_state = self.lock_wal()?;
+        let mut epochs = self
+            .epochs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if epochs.current() >= epoch {
+            return Ok(());
+        }
+        let mut updated = epochs.clone();
+        updated.starts.push((epoch, wal_state.last_seq + 1));
+        updated.fenced = updated.fenced.max(epoch);
+        write_epochs(&self.dir, &updated)?;
+        *epochs = updated;
+        tracing::info!(
+            collection = %self.config.collection,
+            shard = self.config.shard,
+            epoch,
+            start_seq = wal_state.last_seq + 1,
+            "primary epoch begins"
+        );
+        Ok(())
+    }
+
+    /// Applies records a primary shipped, in order, skipping those already applied. A gap
+    /// is refused: the caller asks again from its applied sequence number.
+    pub fn apply_replicated(&self, records: Vec<WalRecord>) -> Result<ReplicaCounters> {
+        let mut wal_state = self.lock_wal()?;
+        for record in records {
+            if record.seq <= wal_state.last_seq {
+                continue;
+            }
+            if record.seq != wal_state.last_seq + 1 {
+                return Err(Error::Internal(format!(
+                    "replicated record {} does not follow the applied sequence number {}",
+                    record.seq, wal_state.last_seq
+                )));
+            }
+            if let WalOp::Upsert(points) = &record.op {
+                for point in points {
+                    self.validate_point(point)?;
+                }
+            }
+            self.log_and_apply(&mut wal_state, record)?;
+        }
+        self.checkpoint_if_large(&mut wal_state);
+        Ok(self.counters())
+    }
+
+    /// Records after `after_seq` still in the log; `None` once a snapshot folded them away.
+    pub fn read_log_after(
+        &self,
+        after_seq: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<WalRecord>>> {
+        let wal_state = self.lock_wal()?;
+        if after_seq >= wal_state.last_seq {
+            return Ok(Some(Vec::new()));
+        }
+        let wal_dir = wal_state.wal.dir().to_path_buf();
+        wal_state
+            .wal
+            .read_after(after_seq, max_records, max_bytes)
+            .map_err(|source| storage(&wal_dir, source))
+    }
+
+    /// Writes a snapshot of everything applied so far (unless the current one already
+    /// covers it) and hard-links its files under `dest`, which then stays consistent
+    /// whatever later checkpoints do.
+    pub fn export_snapshot(&self, dest: &Path) -> Result<SnapshotInfo> {
+        let mut wal_state = self.lock_wal()?;
+        if wal_state.snapshot_seq < wal_state.last_seq || !self.dir.join("snapshot").exists() {
+            self.checkpoint_locked(&mut wal_state)?;
+        }
+        link_tree(&self.dir.join("snapshot"), dest)?;
+        Ok(SnapshotInfo {
+            applied_seq: wal_state.last_seq,
+            last_epoch: wal_state.last_epoch,
+            epochs: self.epochs(),
+        })
+    }
+
+    /// Replaces whatever is stored under `dir` by the snapshot staged at `staged` (as
+    /// [`Replica::export_snapshot`] produced it elsewhere) and an empty log that continues
+    /// after it. The replica at `dir` must not be open. Checks the snapshot loads before
+    /// anything is replaced.
+    pub fn install_snapshot(
+        dir: &Path,
+        config: &ReplicaConfig,
+        staged: &Path,
+        info: &SnapshotInfo,
+    ) -> Result<()> {
+        let index_spec: IndexSpec = config.index_spec.parse()?;
+        let loaded = load_snapshot(staged, &index_spec, config)?;
+        if loaded.applied_seq != info.applied_seq {
+            return Err(Error::Corrupt {
+                path: staged.display().to_string(),
+                reason: format!(
+                    "snapshot covers sequence number {}, its header says {}",
+                    loaded.applied_seq, info.applied_seq
+                ),
+            });
+        }
+        drop(loaded);
+        create_dir_all_durably(dir)?;
+        remove_dir_contents(dir)?;
+        fs::rename(staged, dir.join("snapshot")).map_err(|source| storage(staged, source))?;
+        let mut epochs = info.epochs.clone();
+        epochs.fenced = epochs.fenced.max(epochs.current());
+        write_epochs(dir, &epochs)?;
+        let (mut wal, _) = Wal::open(&dir.join("wal"), WalOptions::default(), info.applied_seq)
+            .map_err(|source| storage(&dir.join("wal"), source))?;
+        wal.reset(info.applied_seq + 1)
+            .map_err(|source| storage(&dir.join("wal"), source))?;
+        drop(wal);
+        // Written last: until replica.json is there, a crash leaves files that are discarded.
+        let json = serde_json::to_vec_pretty(config)
+            .map_err(|error| Error::Internal(format!("encoding replica.json: {error}")))?;
+        write_file_atomically(&dir.join("replica.json"), &json)?;
+        sync_dir(dir)
+    }
+
+    fn lock_wal(&self) -> Result<MutexGuard<'_, WalState>> {
+        self.wal
+            .lock()
+            .map_err(|_| Error::Internal("replica write lock poisoned".into()))
     }
 
     pub fn config(&self) -> &ReplicaConfig {
@@ -171,14 +403,36 @@ impl Replica {
     /// Makes the points durable, then visible. The whole batch is validated first, so a
     /// bad point rejects the batch with nothing written.
     pub fn upsert(&self, points: Vec<PointData>) -> Result<(usize, ReplicaCounters)> {
+        let (_, affected, counters) = self.upsert_as_primary(0, points)?;
+        Ok((affected, counters))
+    }
+
+    /// As primary of `epoch`: gives the write the next sequence number, logs and applies
+    /// it, and returns the logged record for the followers.
+    pub fn upsert_as_primary(
+        &self,
+        epoch: u64,
+        points: Vec<PointData>,
+    ) -> Result<(Option<WalRecord>, usize, ReplicaCounters)> {
         for point in &points {
             self.validate_point(point)?;
         }
-        self.write(WalOp::Upsert(points))
+        self.write(epoch, WalOp::Upsert(points))
     }
 
     /// Removes the ids that exist; returns how many did.
     pub fn delete(&self, ids: Vec<String>) -> Result<(usize, ReplicaCounters)> {
+        let (_, affected, counters) = self.delete_as_primary(0, ids)?;
+        Ok((affected, counters))
+    }
+
+    /// The delete counterpart of [`Replica::upsert_as_primary`]; no record when none of the
+    /// ids exists.
+    pub fn delete_as_primary(
+        &self,
+        epoch: u64,
+        ids: Vec<String>,
+    ) -> Result<(Option<WalRecord>, usize, ReplicaCounters)> {
         if ids.iter().any(|id| id.is_empty()) {
             return Err(Error::InvalidArgument("point ids must not be empty".into()));
         }
@@ -188,44 +442,62 @@ impl Replica {
             ids.iter().any(|id| data.internal_by_id.contains_key(id))
         };
         if !any_exists {
-            return Ok((0, self.counters()));
+            return Ok((None, 0, self.counters()));
         }
-        self.write(WalOp::Delete(ids))
+        self.write(epoch, WalOp::Delete(ids))
     }
 
-    /// Logs, applies and returns how many points the write affected, counted at apply time.
-    fn write(&self, op: WalOp) -> Result<(usize, ReplicaCounters)> {
-        let mut wal_state = self
-            .wal
+    /// Logs, applies and returns the record and how many points the write affected,
+    /// counted at apply time.
+    fn write(&self, epoch: u64, op: WalOp) -> Result<(Option<WalRecord>, usize, ReplicaCounters)> {
+        let mut wal_state = self.lock_wal()?;
+        let fenced = self
+            .epochs
             .lock()
-            .map_err(|_| Error::Internal("replica write lock poisoned".into()))?;
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .fenced;
+        if epoch < fenced {
+            return Err(Error::NotPrimary(format!(
+                "replica {}/{} was fenced at epoch {fenced}; epoch {epoch} no longer takes writes",
+                self.config.collection, self.config.shard
+            )));
+        }
         let record = WalRecord {
             seq: wal_state.last_seq + 1,
+            epoch,
             op,
         };
-        let wal_path = wal_state.wal.path().to_path_buf();
+        let shipped = record.clone();
+        let affected = self.log_and_apply(&mut wal_state, record)?;
+        self.checkpoint_if_large(&mut wal_state);
+        Ok((Some(shipped), affected, self.counters()))
+    }
+
+    /// Appends `record` durably, then applies it. Called with the `wal` lock held, so the
+    /// log order is the apply order.
+    fn log_and_apply(&self, wal_state: &mut WalState, record: WalRecord) -> Result<usize> {
+        let wal_dir = wal_state.wal.dir().to_path_buf();
         wal_state
             .wal
             .append(&record)
-            .map_err(|source| storage(&wal_path, source))?;
+            .map_err(|source| storage(&wal_dir, source))?;
         wal_state.last_seq = record.seq;
-        let (affected, counters) = {
-            let mut data = self.write_data()?;
-            let affected = data.apply(record.seq, record.op)?;
-            let counters = ReplicaCounters {
-                point_count: data.points.len() as u64,
-                applied_seq: data.applied_seq,
-            };
-            self.point_count
-                .store(counters.point_count, Ordering::Release);
-            self.applied_seq
-                .store(counters.applied_seq, Ordering::Release);
-            (affected, counters)
-        };
+        wal_state.last_epoch = record.epoch;
+        let mut data = self.write_data()?;
+        let affected = data.apply(record.seq, record.epoch, record.op)?;
+        self.point_count
+            .store(data.points.len() as u64, Ordering::Release);
+        self.applied_seq.store(data.applied_seq, Ordering::Release);
+        self.last_epoch.store(data.last_epoch, Ordering::Release);
+        Ok(affected)
+    }
+
+    fn checkpoint_if_large(&self, wal_state: &mut MutexGuard<'_, WalState>) {
+        let wal_state = wal_state;
         if wal_state.wal.len_bytes() >= CHECKPOINT_WAL_BYTES {
             // The write is already durable in the log; a failed checkpoint only means a
             // longer replay, so it must not turn this acknowledged write into an error.
-            if let Err(error) = self.checkpoint_locked(&mut wal_state) {
+            if let Err(error) = self.checkpoint_locked(wal_state) {
                 tracing::error!(
                     collection = %self.config.collection,
                     shard = self.config.shard,
@@ -234,16 +506,22 @@ impl Replica {
                 );
             }
         }
-        Ok((affected, counters))
+    }
+
+    /// Makes every logged write durable now (for log policies that sync lazily).
+    pub fn sync_log(&self) -> Result<()> {
+        let mut wal_state = self.lock_wal()?;
+        let wal_dir = wal_state.wal.dir().to_path_buf();
+        wal_state
+            .wal
+            .sync()
+            .map_err(|source| storage(&wal_dir, source))
     }
 
     /// Folds the log into a fresh snapshot (on graceful close and when the log is large).
     pub fn checkpoint(&self) -> Result<()> {
-        let mut wal_state = self
-            .wal
-            .lock()
-            .map_err(|_| Error::Internal("replica write lock poisoned".into()))?;
-        if wal_state.wal.len_bytes() == 0 {
+        let mut wal_state = self.lock_wal()?;
+        if wal_state.snapshot_seq == wal_state.last_seq && self.dir.join("snapshot").exists() {
             return Ok(());
         }
         self.checkpoint_locked(&mut wal_state)
@@ -269,11 +547,13 @@ impl Replica {
         fs::rename(&temporary, &current).map_err(|source| storage(&temporary, source))?;
         sync_dir(&self.dir)?;
         remove_dir_if_exists(&previous)?;
-        let wal_path = wal_state.wal.path().to_path_buf();
+        wal_state.snapshot_seq = wal_state.last_seq;
+        let covered = wal_state.last_seq;
+        let wal_dir = wal_state.wal.dir().to_path_buf();
         wal_state
             .wal
-            .reset()
-            .map_err(|source| storage(&wal_path, source))?;
+            .compact(covered)
+            .map_err(|source| storage(&wal_dir, source))?;
         tracing::info!(
             collection = %self.config.collection,
             shard = self.config.shard,
@@ -363,7 +643,7 @@ impl Replica {
 
 impl ReplicaData {
     /// Applies one log record and returns how many points it affected.
-    fn apply(&mut self, seq: u64, op: WalOp) -> Result<usize> {
+    fn apply(&mut self, seq: u64, epoch: u64, op: WalOp) -> Result<usize> {
         debug_assert!(seq > self.applied_seq, "log records apply in order");
         let affected = match op {
             WalOp::Upsert(points) => {
@@ -406,6 +686,7 @@ impl ReplicaData {
             }
         };
         self.applied_seq = seq;
+        self.last_epoch = epoch;
         debug_assert_eq!(self.points.len(), self.index.len());
         Ok(affected)
     }
@@ -475,9 +756,14 @@ fn load_snapshot(
         path: points_path.display().to_string(),
         reason: reason.to_string(),
     };
-    if bytes.len() < POINTS_MAGIC.len() + 4 || &bytes[..POINTS_MAGIC.len()] != POINTS_MAGIC {
+    if bytes.len() < POINTS_MAGIC.len() + 4 {
         return Err(corrupt("missing header"));
     }
+    let has_epoch = match &bytes[..POINTS_MAGIC.len()] {
+        magic if magic == POINTS_MAGIC => true,
+        magic if magic == POINTS_MAGIC_V1 => false,
+        _ => return Err(corrupt("missing header")),
+    };
     let (body, trailer) = bytes.split_at(bytes.len() - 4);
     let expected_crc = u32::from_le_bytes(trailer.try_into().expect("4 bytes"));
     if crc32fast::hash(body) != expected_crc {
@@ -487,6 +773,11 @@ fn load_snapshot(
         bytes: &body[POINTS_MAGIC.len()..],
     };
     let applied_seq = cursor.u64().ok_or_else(|| corrupt("truncated"))?;
+    let last_epoch = if has_epoch {
+        cursor.u64().ok_or_else(|| corrupt("truncated"))?
+    } else {
+        0
+    };
     let next_internal = cursor.u64().ok_or_else(|| corrupt("truncated"))?;
     let count = cursor.u64().ok_or_else(|| corrupt("truncated"))?;
     let mut internal_by_id = HashMap::new();
@@ -515,6 +806,7 @@ fn load_snapshot(
         points,
         next_internal,
         applied_seq,
+        last_epoch,
     })
 }
 
@@ -522,6 +814,7 @@ fn write_points_file(path: &Path, data: &ReplicaData) -> Result<()> {
     let mut out = Vec::with_capacity(32 + data.points.len() * 32);
     out.extend_from_slice(POINTS_MAGIC);
     out.extend_from_slice(&data.applied_seq.to_le_bytes());
+    out.extend_from_slice(&data.last_epoch.to_le_bytes());
     out.extend_from_slice(&data.next_internal.to_le_bytes());
     out.extend_from_slice(&(data.points.len() as u64).to_le_bytes());
     for (internal, point) in &data.points {
@@ -543,6 +836,40 @@ fn write_points_file(path: &Path, data: &ReplicaData) -> Result<()> {
     file.write_all(&out)
         .and_then(|()| file.sync_all())
         .map_err(|source| storage(path, source))
+}
+
+fn read_epochs(dir: &Path) -> Result<EpochHistory> {
+    let path = dir.join("epochs.json");
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| Error::Corrupt {
+            path: path.display().to_string(),
+            reason: error.to_string(),
+        }),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(EpochHistory::default()),
+        Err(source) => Err(storage(&path, source)),
+    }
+}
+
+fn write_epochs(dir: &Path, epochs: &EpochHistory) -> Result<()> {
+    let json = serde_json::to_vec(epochs)
+        .map_err(|error| Error::Internal(format!("encoding epochs.json: {error}")))?;
+    write_file_atomically(&dir.join("epochs.json"), &json)
+}
+
+/// Hard-links every file under `source` to the same place under `dest` (created).
+fn link_tree(source: &Path, dest: &Path) -> Result<()> {
+    fs::create_dir_all(dest).map_err(|error| storage(dest, error))?;
+    for entry in fs::read_dir(source).map_err(|error| storage(source, error))? {
+        let entry = entry.map_err(|error| storage(source, error))?;
+        let from = entry.path();
+        let to = dest.join(entry.file_name());
+        if from.is_dir() {
+            link_tree(&from, &to)?;
+        } else {
+            fs::hard_link(&from, &to).map_err(|error| storage(&to, error))?;
+        }
+    }
+    Ok(())
 }
 
 fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -768,12 +1095,90 @@ mod tests {
                     .unwrap();
             }
         }
-        let wal_path = dir.path().join("wal.log");
-        let mut bytes = fs::read(&wal_path).unwrap();
-        bytes[12] ^= 0xFF;
-        fs::write(&wal_path, &bytes).unwrap();
+        let segment = fs::read_dir(dir.path().join("wal"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut bytes = fs::read(&segment).unwrap();
+        // The middle of three records: damaged, with an intact record behind it.
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xFF;
+        fs::write(&segment, &bytes).unwrap();
         let error = Replica::open(dir.path(), config(Metric::L2)).err().unwrap();
         assert_eq!(error.code(), tonic::Code::DataLoss);
+        assert!(error.to_string().contains("corrupt"), "{error}");
+    }
+
+    #[test]
+    fn an_exported_snapshot_installs_elsewhere_and_the_log_continues_after_it() {
+        let source_dir = tempfile::tempdir().unwrap();
+        let source = Replica::open(source_dir.path(), config(Metric::L2)).unwrap();
+        source.begin_epoch(1).unwrap();
+        source
+            .upsert_as_primary(1, vec![point("a", [1.0, 0.0, 0.0], Some("{}"))])
+            .unwrap();
+        source
+            .upsert_as_primary(1, vec![point("b", [2.0, 0.0, 0.0], None)])
+            .unwrap();
+        let staged = tempfile::tempdir().unwrap();
+        let info = source
+            .export_snapshot(&staged.path().join("snapshot"))
+            .unwrap();
+        assert_eq!(info.applied_seq, 2);
+        assert_eq!(info.epochs.starts, vec![(1, 1)]);
+        // Later writes at the source do not change the exported files.
+        let (record, _, _) = source
+            .upsert_as_primary(1, vec![point("c", [3.0, 0.0, 0.0], None)])
+            .unwrap();
+        source.checkpoint().unwrap();
+
+        let target_dir = tempfile::tempdir().unwrap();
+        Replica::install_snapshot(
+            target_dir.path(),
+            &config(Metric::L2),
+            &staged.path().join("snapshot"),
+            &info,
+        )
+        .unwrap();
+        let target = Replica::open(target_dir.path(), config(Metric::L2)).unwrap();
+        assert_eq!(target.counters().applied_seq, 2);
+        assert_eq!(target.last_epoch(), 1);
+        assert_eq!(target.epochs().starts, vec![(1, 1)]);
+        assert_eq!(ids(&target, [0.0, 0.0, 0.0], 5), vec!["a", "b"]);
+        // A gap is refused; the next record applies, and survives a reopen.
+        let mut gap = record.clone().unwrap();
+        gap.seq = 9;
+        assert!(target.apply_replicated(vec![gap]).is_err());
+        target.apply_replicated(vec![record.unwrap()]).unwrap();
+        drop(target);
+        let target = Replica::open(target_dir.path(), config(Metric::L2)).unwrap();
+        assert_eq!(target.counters().applied_seq, 3);
+        assert_eq!(ids(&target, [0.0, 0.0, 0.0], 5), vec!["a", "b", "c"]);
+    }
+
+    #[test]
+    fn fencing_persists_and_stops_writes_of_older_epochs() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let replica = Replica::open(dir.path(), config(Metric::L2)).unwrap();
+            replica.begin_epoch(1).unwrap();
+            replica
+                .upsert_as_primary(1, vec![point("a", [1.0, 0.0, 0.0], None)])
+                .unwrap();
+            assert_eq!(replica.fence(2).unwrap(), (1, 1));
+            let refused = replica
+                .upsert_as_primary(1, vec![point("b", [1.0, 0.0, 0.0], None)])
+                .unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        }
+        let replica = Replica::open(dir.path(), config(Metric::L2)).unwrap();
+        assert_eq!(replica.epochs().fenced, 2);
+        replica.begin_epoch(2).unwrap();
+        assert_eq!(replica.epochs().starts, vec![(1, 1), (2, 2)]);
+        assert_eq!(replica.epochs().end_of(1, 5), 1);
+        assert_eq!(replica.epochs().end_of(2, 5), 5);
     }
 
     #[test]

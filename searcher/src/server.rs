@@ -24,6 +24,7 @@ use crate::{
     grpc::SearcherGrpc,
     reconcile::Reconciler,
     service::SearcherNode,
+    wal::{WalOptions, WalSync},
 };
 
 #[derive(Debug, Clone)]
@@ -42,10 +43,16 @@ pub struct SearcherConfig {
     pub ready_file: Option<PathBuf>,
     /// TEST ONLY: faults to inject into search calls; the default injects none.
     pub faults: FaultConfig,
+    /// When the write-ahead log is fsynced, and its segment size.
+    pub wal: WalOptions,
+    /// How long replicas stay DRAINING (still answering) before they close, so Mergers stop
+    /// routing to them first: on a graceful stop and when a replica moves away.
+    pub drain_grace: Duration,
 }
 
-/// Serves until `shutdown` completes, then stops gracefully: leaves etcd first so Mergers
-/// stop routing here, finishes requests in flight, and snapshots every replica.
+/// Serves until `shutdown` completes, then stops gracefully: announces every replica
+/// DRAINING so Mergers stop routing here, finishes requests in flight, removes its keys from
+/// etcd, and snapshots every replica.
 pub async fn run(
     config: SearcherConfig,
     listener: TcpListener,
@@ -55,7 +62,11 @@ pub async fn run(
         path: config.data_dir.display().to_string(),
         source,
     })?;
+    // Two processes on one data dir would corrupt each other's logs; the lock also lets a
+    // restart take over the previous process's lease without waiting for it to expire.
+    let data_dir_lock = lock_data_dir(&config.data_dir)?;
     sweep_trash(&config.data_dir);
+    let _ = std::fs::remove_dir_all(config.data_dir.join("staging"));
     let searcher_id = match &config.id {
         Some(id) => id.clone(),
         None => load_or_create_id(&config.data_dir)?,
@@ -71,9 +82,10 @@ pub async fn run(
         Arc::new(EtcdStore::connect(&config.etcd_endpoints, config.etcd_timeout).await?);
     let schema = KeySchema::new(&config.etcd_prefix);
     let view = ClusterView::start(Arc::clone(&store), schema.clone()).await?;
-    let node = Arc::new(SearcherNode::new(
+    let node = Arc::new(SearcherNode::with_wal_options(
         searcher_id.clone(),
         config.data_dir.clone(),
+        config.wal,
     ));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -136,10 +148,23 @@ pub async fn run(
             memory_bytes: total_memory_bytes(),
         },
     };
+    let lease_file = config.data_dir.join("lease");
+    let previous_lease = std::fs::read_to_string(&lease_file)
+        .ok()
+        .and_then(|text| text.trim().parse::<i64>().ok());
     let registration = Arc::new(
-        Registration::register(Arc::clone(&store), schema.clone(), record, config.lease_ttl)
-            .await?,
+        Registration::register(
+            Arc::clone(&store),
+            schema.clone(),
+            record,
+            config.lease_ttl,
+            //PREV previous_lease,
+        )
+        .await?,
     );
+    if let Err(error) = std::fs::write(&lease_file, format!("{}\n", registration.lease_id())) {
+        tracing::warn!(%error, "could not remember the lease; a restart will wait for it to expire");
+    }
     tracing::info!(searcher_id = %searcher_id, address = %advertise_address, "searcher registered");
 
     let (stop_reconciler, reconciler_stop_signal) = watch::channel(false);
@@ -150,9 +175,14 @@ pub async fn run(
             view.clone(),
             Arc::clone(&registration),
             schema,
+            config.drain_grace,
         )
         .run(reconciler_stop_signal),
     );
+    let log_syncer = match config.wal.sync {
+        WalSync::Interval(period) => Some(tokio::spawn(sync_logs_every(Arc::clone(&node), period))),
+        _ => None,
+    };
     health_reporter
         .set_serving::<SearcherServer<SearcherGrpc>>()
         .await;
@@ -171,7 +201,21 @@ pub async fn run(
         .set_not_serving::<SearcherServer<SearcherGrpc>>()
         .await;
     let _ = stop_reconciler.send(true);
-    let _ = reconciler.await;
+    if let Ok(mut reconciler) = reconciler.await {
+        reconciler.drain_all().await;
+        drop(reconciler);
+        tokio::time::sleep(config.drain_grace).await;
+    }
+    if let Some(syncer) = log_syncer {
+        syncer.abort();
+    }
+    // In-flight requests finish; new connections are refused.
+    let _ = stop_server.send(true);
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "grpc server ended with an error"),
+        Err(error) => tracing::warn!(%error, "grpc server task failed"),
+    }
     match Arc::try_unwrap(registration) {
         Ok(registration) => {
             if let Err(error) = registration.shutdown().await {
@@ -180,15 +224,55 @@ pub async fn run(
         }
         Err(_) => tracing::warn!("registration still shared at stop; keys expire with the lease"),
     }
-    let _ = stop_server.send(true);
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::warn!(%error, "grpc server ended with an error"),
-        Err(error) => tracing::warn!(%error, "grpc server task failed"),
-    }
+    let _ = std::fs::remove_file(&lease_file);
     checkpoint_all(&node).await;
+    drop(data_dir_lock);
     tracing::info!("searcher stopped");
     Ok(())
+}
+
+/// Fsyncs every replica's log each `period` (the `interval` log policy).
+async fn sync_logs_every(node: Arc<SearcherNode>, period: Duration) {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        for ((collection, shard), hosted) in node.hosted() {
+            let Some(replica) = hosted.replica else {
+                continue;
+            };
+            match tokio::task::spawn_blocking(move || replica.sync_log()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(%collection, shard, %error, "log fsync failed"),
+                Err(error) => tracing::error!(%collection, shard, %error, "log fsync task failed"),
+            }
+        }
+    }
+}
+
+/// Takes an exclusive lock on `<data_dir>/LOCK` for the life of the process.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File> {
+    let path = data_dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| Error::Storage {
+            path: path.display().to_string(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::InvalidArgument(format!(
+            "data dir {} is in use by another Searcher process",
+            data_dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(source)) => Err(Error::Storage {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
 }
 
 async fn checkpoint_all(node: &Arc<SearcherNode>) {

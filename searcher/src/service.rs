@@ -8,15 +8,63 @@ use std::{
 };
 
 use async_trait::async_trait;
-use quiver_cluster::ReplicaPhase;
+use quiver_cluster::{ReplicaPhase, ReplicaRole};
 use quiver_index::{merge_top_k, Neighbor, SearchParams};
+use quiver_proto::v1::PullLogRequest;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::{
     error::{Error, Result},
     point::{Hit, PointData},
-    replica::{Replica, ReplicaCounters},
+    replica::{Replica, ReplicaConfig, ReplicaCounters, SnapshotInfo},
+    replication::{self, PullOutcome, ShardState},
+    wal::{WalOp, WalOptions},
 };
+
+/// A write for one shard, sent to its primary.
+#[derive(Debug, Clone)]
+pub struct ShardWrite {
+    pub collection: String,
+    pub shard: u32,
+    /// The primary epoch the caller routed by; 0 accepts whatever this primary leads.
+    pub epoch: u64,
+    /// Replicas (this primary included) that must hold the write before it is acknowledged.
+    pub write_quorum: u32,
+    /// The caller's deadline; a server default applies without one.
+    pub deadline: Option<std::time::Instant>,
+    pub op: WalOp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardWriteOutcome {
+    /// Points upserted, or deleted ids that existed.
+    pub affected: usize,
+    pub counters: ReplicaCounters,
+    /// 0 when the write changed nothing (a delete of absent ids) and needed no record.
+    pub seq: u64,
+    /// This Searcher first, then the followers that hold the write.
+    pub acknowledged_by: Vec<String>,
+    pub write_quorum: u32,
+}
+
+/// A consistent copy of a replica's snapshot, staged for streaming to a peer; the staged
+/// hard links are removed when this is dropped.
+pub struct ExportedSnapshot {
+    pub info: SnapshotInfo,
+    pub incarnation: String,
+    pub dir: PathBuf,
+    /// `(name relative to dir, '/'-separated; size in bytes)`, sorted.
+    pub files: Vec<(String, u64)>,
+}
+
+impl Drop for ExportedSnapshot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// How long a write may wait for its quorum when the caller set no deadline.
+const DEFAULT_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A search over several shards hosted here.
 #[derive(Debug, Clone)]
@@ -44,23 +92,16 @@ pub struct ReplicaReport {
     pub shard: u32,
     pub phase: ReplicaPhase,
     pub counters: ReplicaCounters,
+    pub role: Option<ReplicaRole>,
+    pub epoch: u64,
 }
 
 #[async_trait]
 pub trait SearcherService: Send + Sync + 'static {
     async fn search(&self, request: ShardSearch) -> Result<ShardSearchOutcome>;
-    async fn upsert(
-        &self,
-        collection: &str,
-        shard: u32,
-        points: Vec<PointData>,
-    ) -> Result<(usize, ReplicaCounters)>;
-    async fn delete(
-        &self,
-        collection: &str,
-        shard: u32,
-        ids: Vec<String>,
-    ) -> Result<(usize, ReplicaCounters)>;
+    /// Orders, logs and applies a write as the shard's primary, and answers once its
+    /// quorum holds it.
+    async fn write(&self, write: ShardWrite) -> Result<ShardWriteOutcome>;
     async fn get(
         &self,
         collection: &str,
@@ -70,6 +111,11 @@ pub trait SearcherService: Send + Sync + 'static {
         with_payloads: bool,
     ) -> Result<Vec<PointData>>;
     async fn replica_status(&self, collection: Option<&str>) -> Vec<ReplicaReport>;
+    /// Records after the asker's applied sequence number (see [`replication::serve_pull`]).
+    async fn pull_log(&self, request: PullLogRequest) -> Result<PullOutcome>;
+    /// Refuses older primaries from now on; answers (applied seq, its epoch).
+    async fn fence(&self, collection: &str, shard: u32, epoch: u64) -> Result<(u64, u64)>;
+    async fn export_snapshot(&self, collection: &str, shard: u32) -> Result<ExportedSnapshot>;
 }
 
 /// A replica slot: present from the moment the replica is assigned here until it is closed.
@@ -78,6 +124,18 @@ pub(crate) struct Hosted {
     pub(crate) phase: ReplicaPhase,
     /// Set once the replica's files are open.
     pub(crate) replica: Option<Arc<Replica>>,
+    /// Replication state; kept across phase changes and snapshot installs.
+    pub(crate) state: Arc<ShardState>,
+}
+
+impl Hosted {
+    pub(crate) fn new(phase: ReplicaPhase, replica: Option<Arc<Replica>>) -> Hosted {
+        Hosted {
+            phase,
+            replica,
+            state: Arc::new(ShardState::default()),
+        }
+    }
 }
 
 pub struct SearcherNode {
@@ -90,10 +148,19 @@ pub struct SearcherNode {
     search_slots: Arc<Semaphore>,
     /// Signalled after every applied write, so replica counters reach etcd promptly.
     writes_applied: Notify,
+    wal_options: WalOptions,
 }
 
 impl SearcherNode {
     pub fn new(id: String, data_dir: PathBuf) -> SearcherNode {
+        SearcherNode::with_wal_options(id, data_dir, WalOptions::default())
+    }
+
+    pub fn with_wal_options(
+        id: String,
+        data_dir: PathBuf,
+        wal_options: WalOptions,
+    ) -> SearcherNode {
         let cores = std::thread::available_parallelism()
             .map(|count| count.get())
             .unwrap_or(2);
@@ -103,6 +170,77 @@ impl SearcherNode {
             replicas: RwLock::new(HashMap::new()),
             search_slots: Arc::new(Semaphore::new(cores)),
             writes_applied: Notify::new(),
+            wal_options,
+        }
+    }
+
+    pub fn wal_options(&self) -> WalOptions {
+        self.wal_options
+    }
+
+    /// A fresh directory for a snapshot on its way in or out, on the data dir's file
+    /// system so that hard links and renames work.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.data_dir
+            .join("staging")
+            .join(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// Where a corrupt replica's files are moved: a fresh directory per incident.
+    pub fn quarantine_dir(&self, collection: &str, shard: u32) -> PathBuf {
+        self.data_dir.join("quarantine").join(format!(
+            "{collection}-{shard}-{}",
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                .to_string()
+                .replace(':', "")
+        ))
+    }
+
+    fn slot(&self, collection: &str, shard: u32) -> Option<Hosted> {
+        self.replicas
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&(collection.to_string(), shard))
+            .cloned()
+    }
+
+    pub(crate) fn replica_and_state(
+        &self,
+        collection: &str,
+        shard: u32,
+    ) -> Option<(Arc<Replica>, Arc<ShardState>)> {
+        let slot = self.slot(collection, shard)?;
+        Some((slot.replica?, slot.state))
+    }
+
+    pub(crate) fn replica_config(&self, collection: &str, shard: u32) -> Option<ReplicaConfig> {
+        Some(self.slot(collection, shard)?.replica?.config().clone())
+    }
+
+    pub(crate) fn phase_of(&self, collection: &str, shard: u32) -> Option<ReplicaPhase> {
+        Some(self.slot(collection, shard)?.phase)
+    }
+
+    /// Changes a slot's phase, keeping its replica and replication state.
+    pub(crate) fn set_phase(&self, collection: &str, shard: u32, phase: ReplicaPhase) {
+        let mut replicas = self
+            .replicas
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(slot) = replicas.get_mut(&(collection.to_string(), shard)) {
+            slot.phase = phase;
+        }
+    }
+
+    /// Swaps in a replica rebuilt from a peer's snapshot; searches in flight keep the old
+    /// one until they end.
+    pub(crate) fn replace_replica(&self, collection: &str, shard: u32, replica: Arc<Replica>) {
+        let mut replicas = self
+            .replicas
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(slot) = replicas.get_mut(&(collection.to_string(), shard)) {
+            slot.replica = Some(replica);
         }
     }
 
@@ -163,6 +301,62 @@ impl SearcherNode {
                 },
             }),
         }
+    }
+
+    /// The replica and its state if this Searcher is the shard's primary, ready for writes
+    /// of `epoch` (0: whichever epoch it leads).
+    fn primary_replica(
+        &self,
+        collection: &str,
+        shard: u32,
+        epoch: u64,
+    ) -> Result<(
+        Arc<Replica>,
+        Arc<ShardState>,
+        quiver_cluster::AssignmentRecord,
+    )> {
+        let Some(slot) = self.slot(collection, shard) else {
+            return Err(Error::ReplicaNotHosted {
+                collection: collection.to_string(),
+                shard,
+            });
+        };
+        let assignment = slot
+            .state
+            .assignment()
+            .ok_or_else(|| Error::ReplicaNotReady {
+                collection: collection.to_string(),
+                shard,
+                state: "BOOTING",
+            })?;
+        if assignment.primary() != self.id {
+            return Err(Error::NotPrimary(format!(
+                "{} is not the primary of {collection}/{shard}; {} is (epoch {})",
+                self.id,
+                assignment.primary(),
+                assignment.epoch
+            )));
+        }
+        if epoch != 0 && epoch != assignment.epoch {
+            return Err(Error::NotPrimary(format!(
+                "the write was routed for epoch {epoch} of {collection}/{shard}, which is at epoch {}",
+                assignment.epoch
+            )));
+        }
+        let Some(replica) = slot.replica else {
+            return Err(Error::ReplicaNotReady {
+                collection: collection.to_string(),
+                shard,
+                state: "BOOTING",
+            });
+        };
+        if slot.state.ready_epoch() != assignment.epoch {
+            return Err(Error::Recovering(format!(
+                "the primary of {collection}/{shard} is collecting the longest log of epoch {} from its peers; retry shortly",
+                assignment.epoch
+            )));
+        }
+        Ok((replica, slot.state, assignment))
     }
 }
 
@@ -229,28 +423,139 @@ impl SearcherService for SearcherNode {
         })
     }
 
-    async fn upsert(
-        &self,
-        collection: &str,
-        shard: u32,
-        points: Vec<PointData>,
-    ) -> Result<(usize, ReplicaCounters)> {
-        let replica = self.active_replica(collection, shard)?;
-        let outcome = blocking(move || replica.upsert(points)).await?;
+    async fn write(&self, write: ShardWrite) -> Result<ShardWriteOutcome> {
+        let (replica, state, assignment) =
+            self.primary_replica(&write.collection, write.shard, write.epoch)?;
+        let voters: Vec<String> = assignment
+            .replicas
+            .iter()
+            .filter(|id| **id != self.id)
+            .cloned()
+            .collect();
+        let write_quorum = write.write_quorum.max(1);
+        if write_quorum as usize > voters.len() + 1 {
+            return Err(Error::InvalidArgument(format!(
+                "write quorum {write_quorum} exceeds the {} voting replicas of {}/{}",
+                voters.len() + 1,
+                write.collection,
+                write.shard
+            )));
+        }
+        let epoch = assignment.epoch;
+        let target = Arc::clone(&replica);
+        let shipping = Arc::clone(&state);
+        let (record, affected, counters) = blocking(move || {
+            let (record, affected, counters) = match write.op {
+                WalOp::Upsert(points) => target.upsert_as_primary(epoch, points)?,
+                WalOp::Delete(ids) => target.delete_as_primary(epoch, ids)?,
+            };
+            if let Some(record) = &record {
+                shipping.log.push(record.clone());
+            }
+            Ok((record, affected, counters))
+        })
+        .await?;
         self.writes_applied.notify_one();
-        Ok(outcome)
+        let Some(record) = record else {
+            return Ok(ShardWriteOutcome {
+                affected,
+                counters,
+                seq: 0,
+                acknowledged_by: vec![self.id.clone()],
+                write_quorum,
+            });
+        };
+        let deadline = write
+            .deadline
+            .unwrap_or_else(|| std::time::Instant::now() + DEFAULT_WRITE_TIMEOUT);
+        let (followers, reached) = state
+            .log
+            .await_quorum(
+                record.seq,
+                write_quorum as usize,
+                &voters,
+                tokio::time::Instant::from_std(deadline),
+            )
+            .await;
+        let mut acknowledged_by = vec![self.id.clone()];
+        acknowledged_by.extend(followers);
+        if !reached {
+            crate::metrics::write_quorum_missed();
+            return Err(Error::QuorumNotReached(format!(
+                "write {} of {}/{} is durable on {} of the {write_quorum} replicas its quorum needs ({}); it is not acknowledged, retry it (writes are idempotent)",
+                record.seq,
+                write.collection,
+                write.shard,
+                acknowledged_by.len(),
+                acknowledged_by.join(", ")
+            )));
+        }
+        Ok(ShardWriteOutcome {
+            affected,
+            counters: replica.counters(),
+            seq: record.seq,
+            acknowledged_by,
+            write_quorum,
+        })
     }
 
-    async fn delete(
-        &self,
-        collection: &str,
-        shard: u32,
-        ids: Vec<String>,
-    ) -> Result<(usize, ReplicaCounters)> {
+    async fn pull_log(&self, request: PullLogRequest) -> Result<PullOutcome> {
+        let Some(slot) = self.slot(&request.collection, request.shard) else {
+            return Err(Error::ReplicaNotHosted {
+                collection: request.collection.clone(),
+                shard: request.shard,
+            });
+        };
+        let replica = slot.replica.clone().ok_or_else(|| Error::ReplicaNotReady {
+            collection: request.collection.clone(),
+            shard: request.shard,
+            state: "BOOTING",
+        })?;
+        if !request.recovery {
+            let (_, state, _) =
+                self.primary_replica(&request.collection, request.shard, request.epoch)?;
+            state
+                .log
+                .record_progress(&request.searcher_id, request.after_seq);
+        }
+        replication::serve_pull(&replica, &slot.state, &request).await
+    }
+
+    async fn fence(&self, collection: &str, shard: u32, epoch: u64) -> Result<(u64, u64)> {
+        let Some(slot) = self.slot(collection, shard) else {
+            return Err(Error::ReplicaNotHosted {
+                collection: collection.to_string(),
+                shard,
+            });
+        };
+        let replica = slot.replica.ok_or_else(|| Error::ReplicaNotReady {
+            collection: collection.to_string(),
+            shard,
+            state: "BOOTING",
+        })?;
+        // A primary of an older epoch stops taking writes here at once.
+        if slot.state.ready_epoch() < epoch {
+            slot.state.set_ready_epoch(0);
+        }
+        blocking(move || replica.fence(epoch)).await
+    }
+
+    async fn export_snapshot(&self, collection: &str, shard: u32) -> Result<ExportedSnapshot> {
         let replica = self.active_replica(collection, shard)?;
-        let outcome = blocking(move || replica.delete(ids)).await?;
-        self.writes_applied.notify_one();
-        Ok(outcome)
+        let dir = self.staging_dir();
+        blocking(move || {
+            let info = replica.export_snapshot(&dir)?;
+            let mut exported = ExportedSnapshot {
+                info,
+                incarnation: replica.config().incarnation.clone(),
+                dir: dir.clone(),
+                files: Vec::new(),
+            };
+            list_files(&dir, "", &mut exported.files)?;
+            exported.files.sort();
+            Ok(exported)
+        })
+        .await
     }
 
     async fn get(
@@ -293,6 +598,14 @@ impl SearcherService for SearcherNode {
                         applied_seq: 0,
                     },
                 ),
+                role: hosted
+                    .state
+                    .assignment()
+                    .and_then(|assignment| assignment.role_of(&self.id)),
+                epoch: hosted
+                    .state
+                    .assignment()
+                    .map_or(0, |assignment| assignment.epoch),
             })
             .collect();
         reports.sort_by(|left, right| {
@@ -300,6 +613,35 @@ impl SearcherService for SearcherNode {
         });
         reports
     }
+}
+
+fn list_files(dir: &Path, prefix: &str, out: &mut Vec<(String, u64)>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::Storage {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    for entry in entries {
+        let entry = entry.map_err(|source| Error::Storage {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let relative = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let metadata = entry.metadata().map_err(|source| Error::Storage {
+            path: entry.path().display().to_string(),
+            source,
+        })?;
+        if metadata.is_dir() {
+            list_files(&entry.path(), &relative, out)?;
+        } else {
+            out.push((relative, metadata.len()));
+        }
+    }
+    Ok(())
 }
 
 type SearchParts = (Vec<Vec<Hit>>, Vec<u32>, Vec<(u32, Error)>);
@@ -370,7 +712,8 @@ mod tests {
     use crate::replica::ReplicaConfig;
     use quiver_index::Metric;
 
-    async fn node_with_replica(dir: &Path) -> SearcherNode {
+    /// A node hosting `c/0` as the ready primary of epoch 1, with `s2` and `s3` voting.
+    fn primary_node(dir: &Path) -> SearcherNode {
         let node = SearcherNode::new("s1".into(), dir.to_path_buf());
         let config = ReplicaConfig {
             collection: "c".into(),
@@ -381,26 +724,121 @@ mod tests {
             incarnation: "t".into(),
         };
         let replica = Replica::open(&node.replica_dir("c", 0), config).unwrap();
-        node.set_slot(
-            "c",
-            0,
-            Some(Hosted {
-                phase: ReplicaPhase::Active,
-                replica: Some(Arc::new(replica)),
-            }),
-        );
-        node.upsert(
-            "c",
-            0,
-            vec![PointData {
-                id: "a".into(),
+        replica.begin_epoch(1).unwrap();
+        let slot = Hosted::new(ReplicaPhase::Active, Some(Arc::new(replica)));
+        slot.state
+            .set_assignment(Some(quiver_cluster::AssignmentRecord::new(vec![
+                "s1".into(),
+                "s2".into(),
+                "s3".into(),
+            ])));
+        slot.state.set_ready_epoch(1);
+        node.set_slot("c", 0, Some(slot));
+        node
+    }
+
+    fn upsert(id: &str, epoch: u64, write_quorum: u32) -> ShardWrite {
+        ShardWrite {
+            collection: "c".into(),
+            shard: 0,
+            epoch,
+            write_quorum,
+            deadline: Some(std::time::Instant::now() + std::time::Duration::from_secs(5)),
+            op: WalOp::Upsert(vec![PointData {
+                id: id.into(),
                 vector: vec![1.0; 4],
                 payload: None,
-            }],
-        )
-        .await
-        .unwrap();
+            }]),
+        }
+    }
+
+    fn pull(after_seq: u64, last_epoch: u64) -> PullLogRequest {
+        PullLogRequest {
+            collection: "c".into(),
+            shard: 0,
+            searcher_id: "s2".into(),
+            epoch: 1,
+            after_seq,
+            last_epoch,
+            max_wait_ms: 0,
+            max_records: 0,
+            recovery: false,
+        }
+    }
+
+    async fn node_with_replica(dir: &Path) -> SearcherNode {
+        let node = primary_node(dir);
+        node.write(upsert("a", 1, 1)).await.unwrap();
         node
+    }
+
+    #[tokio::test]
+    async fn the_primary_orders_writes_and_answers_after_its_quorum() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Arc::new(primary_node(dir.path()));
+        let first = node.write(upsert("a", 1, 1)).await.unwrap();
+        assert_eq!(first.seq, 1);
+        assert_eq!(first.acknowledged_by, vec!["s1".to_string()]);
+
+        let writer = {
+            let node = Arc::clone(&node);
+            tokio::spawn(async move { node.write(upsert("b", 1, 2)).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!writer.is_finished(), "quorum 2 needs a follower");
+        // s2 pulls: gets both records, and its next pull acknowledges them.
+        let pulled = node.pull_log(pull(0, 0)).await.unwrap();
+        let seqs: Vec<u64> = pulled.records.iter().map(|record| record.seq).collect();
+        assert_eq!(seqs, vec![1, 2]);
+        assert_eq!(pulled.source_applied_seq, 2);
+        node.pull_log(pull(2, 1)).await.unwrap();
+        let second = writer.await.unwrap().unwrap();
+        assert_eq!(second.seq, 2);
+        assert_eq!(
+            second.acknowledged_by,
+            vec!["s1".to_string(), "s2".to_string()]
+        );
+        assert_eq!(second.write_quorum, 2);
+    }
+
+    #[tokio::test]
+    async fn writes_the_primary_cannot_take_are_refused_with_the_right_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = primary_node(dir.path());
+        let stale = node.write(upsert("a", 7, 1)).await.unwrap_err();
+        assert_eq!(stale.code(), tonic::Code::FailedPrecondition);
+        let too_many = node.write(upsert("a", 1, 4)).await.unwrap_err();
+        assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
+        let mut short = upsert("a", 1, 2);
+        short.deadline = Some(std::time::Instant::now() + std::time::Duration::from_millis(50));
+        let unacknowledged = node.write(short).await.unwrap_err();
+        assert_eq!(unacknowledged.code(), tonic::Code::Unavailable);
+        // Fenced by a newer primary: no more writes here.
+        node.fence("c", 0, 2).await.unwrap();
+        let fenced = node.write(upsert("b", 1, 1)).await.unwrap_err();
+        assert!(
+            matches!(
+                fenced.code(),
+                tonic::Code::Unavailable | tonic::Code::FailedPrecondition
+            ),
+            "{fenced}"
+        );
+        let other = SearcherNode::new("s9".into(), dir.path().join("other"));
+        let missing = other.write(upsert("a", 1, 1)).await.unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::NotFound);
+    }
+
+    #[tokio::test]
+    async fn a_follower_with_a_tail_the_primary_never_had_must_start_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = primary_node(dir.path());
+        node.write(upsert("a", 1, 1)).await.unwrap();
+        // The follower claims sequence 5 of epoch 1; the primary's epoch 1 ends at 1.
+        let outcome = node.pull_log(pull(5, 1)).await.unwrap();
+        assert!(outcome.snapshot_required.is_some());
+        let fine = node.pull_log(pull(1, 1)).await.unwrap();
+        assert!(fine.snapshot_required.is_none());
+        assert!(fine.records.is_empty());
     }
 
     fn request(queries: Vec<Vec<f32>>, shards: Vec<u32>) -> ShardSearch {
@@ -431,14 +869,7 @@ mod tests {
     async fn shards_not_hosted_or_not_active_are_reported_per_shard() {
         let dir = tempfile::tempdir().unwrap();
         let node = node_with_replica(dir.path()).await;
-        node.set_slot(
-            "c",
-            1,
-            Some(Hosted {
-                phase: ReplicaPhase::Booting,
-                replica: None,
-            }),
-        );
+        node.set_slot("c", 1, Some(Hosted::new(ReplicaPhase::Booting, None)));
         let outcome = node
             .search(request(vec![vec![1.0; 4]], vec![0, 1, 2]))
             .await

@@ -1,0 +1,985 @@
+//! Ordered replication of a shard between its replicas.
+//!
+//! The primary gives every write the next sequence number, logs and applies it, and keeps
+//! the newest records in memory ([`ShardLog`]). Followers and learners long-poll it with
+//! `PullLog` for the records after the last one they applied; asking for them acknowledges
+//! everything before, so the primary learns each follower's progress from the pulls alone
+//! and answers a write once enough voting replicas hold it ([`ShardLog::await_quorum`]).
+//!
+//! A replica that is new, or whose log the primary can no longer serve (folded into a
+//! snapshot) or that diverged (it holds a write an old primary never got acknowledged),
+//! starts over from a snapshot streamed by a peer ([`copy_from_peer`]), then pulls the rest.
+//!
+//! A newly promoted primary first fences the shard's other replicas (they then refuse older
+//! primaries) and adopts the longest log among enough of them that every acknowledged write
+//! is seen ([`recover_primary`]); only then does it take writes.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, RwLock,
+    },
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use quiver_cluster::{AssignmentRecord, ClusterView, ReplicaPhase};
+use quiver_proto::v1::{
+    searcher_client::SearcherClient, CopySnapshotRequest, FenceRequest, LogRecord, Point,
+    PullLogRequest,
+};
+use tokio::sync::{watch, Notify};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{
+    error::{Error, Result},
+    point::PointData,
+    replica::{EpochHistory, Replica, ReplicaConfig, SnapshotInfo},
+    service::SearcherNode,
+    wal::{WalOp, WalRecord},
+};
+
+/// Records kept in memory for followers; older ones are read back from the log on disk.
+const RECENT_RECORDS: usize = 4096;
+/// A follower that pulled within this long is in sync: a write waits a little for it even
+/// after the quorum answered, so a search right after the write sees it on every replica.
+const IN_SYNC_WINDOW: Duration = Duration::from_secs(1);
+/// How long a write waits for in-sync followers beyond its quorum.
+const IN_SYNC_GRACE: Duration = Duration::from_millis(100);
+/// Records per PullLog answer, and about as many bytes.
+pub const PULL_MAX_RECORDS: usize = 512;
+pub const PULL_MAX_BYTES: usize = 16 << 20;
+const PULL_WAIT: Duration = Duration::from_millis(500);
+const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// The replication state of one hosted replica; it outlives the replica's files being
+/// swapped (a snapshot installed) and its role changing.
+pub struct ShardState {
+    /// The shard's assignment as this Searcher's view last showed it.
+    assignment: RwLock<Option<AssignmentRecord>>,
+    /// The epoch for which this replica is a primary ready for writes; 0 when it is not.
+    ready_epoch: AtomicU64,
+    pub log: ShardLog,
+}
+
+impl Default for ShardState {
+    fn default() -> Self {
+        ShardState {
+            assignment: RwLock::new(None),
+            ready_epoch: AtomicU64::new(0),
+            log: ShardLog::new(),
+        }
+    }
+}
+
+impl ShardState {
+    pub fn assignment(&self) -> Option<AssignmentRecord> {
+        self.assignment
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn set_assignment(&self, assignment: Option<AssignmentRecord>) {
+        *self
+            .assignment
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = assignment;
+    }
+
+    pub fn ready_epoch(&self) -> u64 {
+        self.ready_epoch.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready_epoch(&self, epoch: u64) {
+        self.ready_epoch.store(epoch, Ordering::Release);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FollowerProgress {
+    acked_seq: u64,
+    last_seen: Instant,
+}
+
+/// The primary side: recent records for followers and what each follower acknowledged.
+pub struct ShardLog {
+    recent: Mutex<BTreeMap<u64, WalRecord>>,
+    appended: watch::Sender<u64>,
+    followers: Mutex<HashMap<String, FollowerProgress>>,
+    acks_changed: Notify,
+}
+
+impl ShardLog {
+    fn new() -> ShardLog {
+        ShardLog {
+            recent: Mutex::new(BTreeMap::new()),
+            appended: watch::channel(0).0,
+            followers: Mutex::new(HashMap::new()),
+            acks_changed: Notify::new(),
+        }
+    }
+
+    /// Remembers a record the primary just logged. Concurrent writes may arrive here out of
+    /// order; readers take only a consecutive run, and fall back to the log on disk.
+    pub fn push(&self, record: WalRecord) {
+        let seq = record.seq;
+        {
+            let mut recent = self
+                .recent
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            recent.insert(seq, record);
+            while recent.len() > RECENT_RECORDS {
+                recent.pop_first();
+            }
+        }
+        self.appended.send_if_modified(|last| {
+            let grew = seq > *last;
+            if grew {
+                *last = seq;
+            }
+            grew
+        });
+    }
+
+    /// The consecutive records after `after_seq` held in memory; `None` when the next one
+    /// is not here (evicted, or not pushed yet).
+    fn recent_after(&self, after_seq: u64, max_records: usize) -> Option<Vec<WalRecord>> {
+        let recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut records = Vec::new();
+        let mut expected = after_seq + 1;
+        for (seq, record) in recent.range(expected..) {
+            if *seq != expected || records.len() >= max_records {
+                break;
+            }
+            records.push(record.clone());
+            expected += 1;
+        }
+        if records.is_empty() {
+            return None;
+        }
+        Some(records)
+    }
+
+    fn forget_records(&self) {
+        self.recent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
+    }
+
+    pub fn record_progress(&self, follower: &str, acked_seq: u64) {
+        self.followers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(
+                follower.to_string(),
+                FollowerProgress {
+                    acked_seq,
+                    last_seen: Instant::now(),
+                },
+            );
+        self.acks_changed.notify_waiters();
+    }
+
+    /// Waits until `quorum` replicas (the primary, which holds `seq` already, included) of
+    /// `voters` hold `seq`, then a little longer for voters that are in sync; gives up at
+    /// `deadline`. Returns the followers that hold it and whether the quorum was reached.
+    pub async fn await_quorum(
+        &self,
+        seq: u64,
+        quorum: usize,
+        voters: &[String],
+        deadline: tokio::time::Instant,
+    ) -> (Vec<String>, bool) {
+        let mut grace_until: Option<tokio::time::Instant> = None;
+        loop {
+            let notified = self.acks_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (acked, in_sync_missing) = {
+                let followers = self
+                    .followers
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut acked = Vec::new();
+                let mut in_sync_missing = 0usize;
+                for voter in voters {
+                    match followers.get(voter) {
+                        Some(progress) if progress.acked_seq >= seq => acked.push(voter.clone()),
+                        Some(progress) if progress.last_seen.elapsed() < IN_SYNC_WINDOW => {
+                            in_sync_missing += 1
+                        }
+                        _ => {}
+                    }
+                }
+                (acked, in_sync_missing)
+            };
+            let reached = acked.len() + 1 >= quorum;
+            let now = tokio::time::Instant::now();
+            if reached {
+                let grace = *grace_until.get_or_insert(now + IN_SYNC_GRACE);
+                if in_sync_missing == 0 || now >= grace || now >= deadline {
+                    return (acked, true);
+                }
+            } else if now >= deadline {
+                return (acked, false);
+            }
+            let wake = grace_until.map_or(deadline, |grace| grace.min(deadline));
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+}
+
+/// Gives up waiting for the records after `after_seq` after `wait`; returns whether some
+/// arrived.
+async fn wait_for_records(log: &ShardLog, after_seq: u64, wait: Duration) -> bool {
+    let mut appended = log.appended.subscribe();
+    let arrived = tokio::time::timeout(wait, appended.wait_for(|last| *last > after_seq))
+        .await
+        .is_ok();
+    arrived
+}
+
+/// What a PullLog call answers.
+#[derive(Debug, Default)]
+pub struct PullOutcome {
+    pub records: Vec<WalRecord>,
+    pub source_applied_seq: u64,
+    pub snapshot_required: Option<String>,
+}
+
+/// Serves a PullLog: the records after `after_seq` from memory or the log, waiting up to
+/// `wait` when there are none yet.
+pub async fn serve_pull(
+    replica: &Arc<Replica>,
+    state: &ShardState,
+    request: &PullLogRequest,
+) -> Result<PullOutcome> {
+    let after_seq = request.after_seq;
+    let applied = replica.counters().applied_seq;
+    if !request.recovery {
+        let epochs = replica.epochs();
+        let end = epochs.end_of(request.last_epoch, applied);
+        if after_seq > end || request.last_epoch > epochs.current().max(replica.last_epoch()) {
+            return Ok(PullOutcome {
+                source_applied_seq: applied,
+                snapshot_required: Some(format!(
+                    "the asker's log (sequence {after_seq} of epoch {}) diverged from the primary's, whose epoch {} ends at {end}",
+                    request.last_epoch, request.last_epoch
+                )),
+                ..PullOutcome::default()
+            });
+        }
+    }
+    let max_records = match request.max_records {
+        0 => PULL_MAX_RECORDS,
+        wanted => (wanted as usize).min(PULL_MAX_RECORDS),
+    };
+    let mut records = fetch_records(replica, state, after_seq, max_records).await?;
+    if matches!(&records, Some(found) if found.is_empty()) && !request.recovery {
+        let wait =
+            Duration::from_millis(u64::from(request.max_wait_ms)).min(Duration::from_secs(5));
+        if wait_for_records(&state.log, after_seq, wait).await {
+            records = fetch_records(replica, state, after_seq, max_records).await?;
+        }
+    }
+    let source_applied_seq = replica.counters().applied_seq;
+    match records {
+        Some(records) => Ok(PullOutcome {
+            records,
+            source_applied_seq,
+            snapshot_required: None,
+        }),
+        None => Ok(PullOutcome {
+            source_applied_seq,
+            snapshot_required: Some(format!(
+                "the records after {after_seq} were folded into a snapshot"
+            )),
+            ..PullOutcome::default()
+        }),
+    }
+}
+
+async fn fetch_records(
+    replica: &Arc<Replica>,
+    state: &ShardState,
+    after_seq: u64,
+    max_records: usize,
+) -> Result<Option<Vec<WalRecord>>> {
+    if after_seq >= replica.counters().applied_seq {
+        return Ok(Some(Vec::new()));
+    }
+    if let Some(records) = state.log.recent_after(after_seq, max_records) {
+        return Ok(Some(records));
+    }
+    let replica = Arc::clone(replica);
+    tokio::task::spawn_blocking(move || {
+        replica.read_log_after(after_seq, max_records, PULL_MAX_BYTES)
+    })
+    .await
+    .map_err(|error| Error::Internal(format!("log read task failed: {error}")))?
+}
+
+pub fn record_to_proto(record: &WalRecord) -> LogRecord {
+    match &record.op {
+        WalOp::Upsert(points) => LogRecord {
+            seq: record.seq,
+            epoch: record.epoch,
+            upsert: points
+                .iter()
+                .map(|point| Point {
+                    id: point.id.clone(),
+                    vector: point.vector.clone(),
+                    payload_json: point.payload.clone().unwrap_or_default(),
+                })
+                .collect(),
+            ..Default::default()
+        },
+        WalOp::Delete(ids) => LogRecord {
+            seq: record.seq,
+            epoch: record.epoch,
+            delete: ids.clone(),
+            is_delete: true,
+            ..Default::default()
+        },
+    }
+}
+
+pub fn record_from_proto(record: LogRecord) -> WalRecord {
+    let op = if record.is_delete {
+        WalOp::Delete(record.delete)
+    } else {
+        WalOp::Upsert(
+            record
+                .upsert
+                .into_iter()
+                .map(|point| PointData {
+                    id: point.id,
+                    vector: point.vector,
+                    payload: (!point.payload_json.is_empty()).then_some(point.payload_json),
+                })
+                .collect(),
+        )
+    };
+    WalRecord {
+        seq: record.seq,
+        epoch: record.epoch,
+        op,
+    }
+}
+
+/// One lazily connected channel per peer Searcher.
+#[derive(Default)]
+pub struct PeerClients {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl PeerClients {
+    pub fn client(&self, address: &str) -> Result<SearcherClient<Channel>> {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let channel = match channels.get(address) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = Endpoint::from_shared(address.to_string())
+                    .map_err(|error| {
+                        Error::Internal(format!("peer address {address:?} is invalid: {error}"))
+                    })?
+                    .connect_timeout(Duration::from_secs(2))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(20))
+                    .keep_alive_timeout(Duration::from_secs(10))
+                    .connect_lazy();
+                channels.insert(address.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(SearcherClient::new(channel)
+            .max_decoding_message_size(quiver_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(quiver_proto::MAX_MESSAGE_BYTES))
+    }
+}
+
+fn status_error(what: &str, status: tonic::Status) -> Error {
+    Error::Internal(format!("{what}: {} {}", status.code(), status.message()))
+}
+
+/// Everything a follower or recovery task needs.
+pub struct Replicator {
+    pub node: Arc<SearcherNode>,
+    pub view: ClusterView,
+    pub peers: Arc<PeerClients>,
+}
+
+impl Replicator {
+    fn address_of(&self, searcher: &str) -> Option<String> {
+        self.view
+            .current()
+            .searchers
+            .get(searcher)
+            .map(|record| record.address.clone())
+    }
+
+    /// Follows the shard's primary for as long as this replica is a follower or learner:
+    /// pulls records, applies them, and turns the replica ACTIVE once it caught up.
+    pub async fn follow(self: Arc<Self>, collection: String, shard: u32) {
+        let me = self.node.id().to_string();
+        let mut backoff = RETRY_MIN;
+        let mut logged_failure = false;
+        loop {
+            let Some((replica, state)) = self.node.replica_and_state(&collection, shard) else {
+                return;
+            };
+            let Some(assignment) = state.assignment() else {
+                return;
+            };
+            let primary = assignment.primary().to_string();
+            if primary == me || assignment.role_of(&me).is_none() {
+                return;
+            }
+            let step = self
+                .pull_once(&collection, shard, &replica, &assignment, &primary)
+                .await;
+            match step {
+                Ok(progressed) => {
+                    backoff = RETRY_MIN;
+                    if logged_failure {
+                        tracing::info!(%collection, shard, %primary, "replication resumed");
+                        logged_failure = false;
+                    }
+                    if progressed {
+                        self.node.writes_applied().notify_one();
+                    }
+                }
+                Err(error) => {
+                    if !logged_failure {
+                        tracing::warn!(%collection, shard, %primary, %error, "replication from the primary failed; retrying");
+                        logged_failure = true;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// One PullLog round; true when the replica changed.
+    async fn pull_once(
+        &self,
+        collection: &str,
+        shard: u32,
+        replica: &Arc<Replica>,
+        assignment: &AssignmentRecord,
+        primary: &str,
+    ) -> Result<bool> {
+        let address = self
+            .address_of(primary)
+            .ok_or_else(|| Error::Internal(format!("primary {primary} is not live")))?;
+        let counters = replica.counters();
+        let mut client = self.peers.client(&address)?;
+        let mut request = tonic::Request::new(PullLogRequest {
+            collection: collection.to_string(),
+            shard,
+            searcher_id: self.node.id().to_string(),
+            epoch: assignment.epoch,
+            after_seq: counters.applied_seq,
+            last_epoch: replica.last_epoch(),
+            max_wait_ms: PULL_WAIT.as_millis() as u32,
+            max_records: PULL_MAX_RECORDS as u32,
+            recovery: false,
+        });
+        request.set_timeout(PULL_WAIT + PEER_CALL_TIMEOUT);
+        let response = client
+            .pull_log(request)
+            .await
+            .map_err(|status| status_error("PullLog", status))?
+            .into_inner();
+        if response.snapshot_required
+            || (counters.applied_seq == 0 && response.source_applied_seq > 0)
+        {
+            if response.snapshot_required {
+                tracing::warn!(%collection, shard, %primary, reason = %response.reason, "starting over from a peer's snapshot");
+            }
+            self.copy_from_peer(collection, shard, assignment).await?;
+            return Ok(true);
+        }
+        let progressed = !response.records.is_empty();
+        let records: Vec<WalRecord> = response
+            .records
+            .into_iter()
+            .map(record_from_proto)
+            .collect();
+        let applied = if progressed {
+            let replica = Arc::clone(replica);
+            let counters = tokio::task::spawn_blocking(move || replica.apply_replicated(records))
+                .await
+                .map_err(|error| Error::Internal(format!("apply task failed: {error}")))??;
+            counters.applied_seq
+        } else {
+            counters.applied_seq
+        };
+        if applied >= response.source_applied_seq
+            && self.node.phase_of(collection, shard) == Some(ReplicaPhase::Booting)
+        {
+            self.node.set_phase(collection, shard, ReplicaPhase::Active);
+            tracing::info!(%collection, shard, applied_seq = applied, "replica caught up with its primary; active");
+            return Ok(true);
+        }
+        Ok(progressed)
+    }
+
+    /// Replaces this replica by a snapshot of an ACTIVE peer (another voting replica when
+    /// there is one, to spare the primary), then lets the pull loop catch up from there.
+    async fn copy_from_peer(
+        &self,
+        collection: &str,
+        shard: u32,
+        assignment: &AssignmentRecord,
+    ) -> Result<()> {
+        let me = self.node.id();
+        let state = self.view.current();
+        let mut sources: Vec<&String> = assignment
+            .replicas
+            .iter()
+            .filter(|id| id.as_str() != me)
+            .filter(|id| {
+                state
+                    .replica(collection, shard, id)
+                    .is_some_and(|record| record.state == ReplicaPhase::Active)
+            })
+            .collect();
+        // Non-primaries first; the primary is the fallback.
+        sources.sort_by_key(|id| id.as_str() == assignment.primary());
+        let Some(source) = sources.first().map(|id| id.to_string()) else {
+            return Err(Error::Internal(
+                "no ACTIVE peer to copy a snapshot from".into(),
+            ));
+        };
+        let address = self
+            .address_of(&source)
+            .ok_or_else(|| Error::Internal(format!("peer {source} is not live")))?;
+        let Some(config) = self.node.replica_config(collection, shard) else {
+            return Err(Error::Internal("replica closed during the copy".into()));
+        };
+        let started = Instant::now();
+        let staging = self.node.staging_dir();
+        let (info, bytes) = receive_snapshot(
+            &self.peers,
+            &address,
+            collection,
+            shard,
+            self.node.id(),
+            &config,
+            &staging,
+        )
+        .await?;
+        let dir = self.node.replica_dir(collection, shard);
+        let snapshot_dir = staging.join("snapshot");
+        let install_config = config.clone();
+        let wal_options = self.node.wal_options();
+        let replica = tokio::task::spawn_blocking(move || {
+            let outcome = Replica::install_snapshot(&dir, &install_config, &snapshot_dir, &info)
+                .and_then(|()| Replica::open_with(&dir, install_config, wal_options));
+            let _ = std::fs::remove_dir_all(&staging);
+            outcome
+        })
+        .await
+        .map_err(|error| Error::Internal(format!("install task failed: {error}")))??;
+        let counters = replica.counters();
+        self.node
+            .replace_replica(collection, shard, Arc::new(replica));
+        tracing::info!(
+            %collection,
+            shard,
+            %source,
+            bytes,
+            applied_seq = counters.applied_seq,
+            points = counters.point_count,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "replica copied from a peer's snapshot"
+        );
+        Ok(())
+    }
+
+    /// Makes this replica the ready primary of `epoch`: fences the other voting replicas,
+    /// adopts the longest log among them, and begins the epoch. Retries until done, or
+    /// until the assignment moves on.
+    pub async fn recover_primary(self: Arc<Self>, collection: String, shard: u32, epoch: u64) {
+        let mut backoff = RETRY_MIN;
+        loop {
+            let Some((replica, state)) = self.node.replica_and_state(&collection, shard) else {
+                return;
+            };
+            match state.assignment() {
+                Some(assignment)
+                    if assignment.epoch == epoch && assignment.primary() == self.node.id() => {}
+                _ => return,
+            }
+            match self
+                .try_recover(&collection, shard, epoch, &replica, &state)
+                .await
+            {
+                Ok(()) => {
+                    state.log.forget_records();
+                    state.set_ready_epoch(epoch);
+                    self.node.writes_applied().notify_one();
+                    tracing::info!(%collection, shard, epoch, applied_seq = replica.counters().applied_seq, "primary ready for writes");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%collection, shard, epoch, %error, "primary recovery incomplete; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    async fn try_recover(
+        &self,
+        collection: &str,
+        shard: u32,
+        epoch: u64,
+        replica: &Arc<Replica>,
+        state: &ShardState,
+    ) -> Result<()> {
+        let Some(assignment) = state.assignment() else {
+            return Err(Error::Internal("no assignment".into()));
+        };
+        if replica.epochs().current() >= epoch {
+            return Ok(());
+        }
+        let me = self.node.id().to_string();
+        let replication_factor = self
+            .view
+            .current()
+            .collections
+            .get(collection)
+            .map_or(assignment.replicas.len() as u32, |record| {
+                record.replication_factor
+            });
+        // Every write acknowledged by a majority is on at least one of any
+        // (voters - majority + 1) voting replicas, this one included.
+        let majority = AssignmentRecord::majority(replication_factor) as usize;
+        let needed = (assignment.replicas.len() + 1)
+            .saturating_sub(majority)
+            .max(1);
+        let fence_calls = assignment
+            .replicas
+            .iter()
+            .filter(|id| **id != me)
+            .map(|peer| {
+                let me = me.clone();
+                async move {
+                    let address = self.address_of(peer)?;
+                    let mut client = self.peers.client(&address).ok()?;
+                    let mut request = tonic::Request::new(FenceRequest {
+                        collection: collection.to_string(),
+                        shard,
+                        epoch,
+                        primary: me.clone(),
+                    });
+                    request.set_timeout(PEER_CALL_TIMEOUT);
+                    let response = client.fence(request).await.ok()?.into_inner();
+                    Some((peer.clone(), address, response.applied_seq))
+                }
+            });
+        let fenced: Vec<(String, String, u64)> = futures::future::join_all(fence_calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if fenced.len() + 1 < needed {
+            return Err(Error::Internal(format!(
+                "{} of {} voting replicas answered the fence; {needed} are needed to be sure no acknowledged write is missed",
+                fenced.len() + 1,
+                assignment.replicas.len()
+            )));
+        }
+        // Fencing ourselves too: a write of an older epoch must not slip in now.
+        {
+            let replica = Arc::clone(replica);
+            tokio::task::spawn_blocking(move || replica.fence(epoch))
+                .await
+                .map_err(|error| Error::Internal(format!("fence task failed: {error}")))??;
+        }
+        if let Some((peer, address, longest)) = fenced
+            .iter()
+            .max_by_key(|(_, _, applied)| *applied)
+            .cloned()
+        {
+            while replica.counters().applied_seq < longest {
+                let mut client = self.peers.client(&address)?;
+                let mut request = tonic::Request::new(PullLogRequest {
+                    collection: collection.to_string(),
+                    shard,
+                    searcher_id: me.clone(),
+                    epoch,
+                    after_seq: replica.counters().applied_seq,
+                    last_epoch: replica.last_epoch(),
+                    max_wait_ms: 0,
+                    max_records: PULL_MAX_RECORDS as u32,
+                    recovery: true,
+                });
+                request.set_timeout(PEER_CALL_TIMEOUT);
+                let response = client
+                    .pull_log(request)
+                    .await
+                    .map_err(|status| status_error("recovery PullLog", status))?
+                    .into_inner();
+                if response.snapshot_required || response.records.is_empty() {
+                    return Err(Error::Internal(format!(
+                        "{peer} holds records up to {longest} but cannot serve them from its log ({})",
+                        response.reason
+                    )));
+                }
+                let records: Vec<WalRecord> = response
+                    .records
+                    .into_iter()
+                    .map(record_from_proto)
+                    .collect();
+                let target = Arc::clone(replica);
+                tokio::task::spawn_blocking(move || target.apply_replicated(records))
+                    .await
+                    .map_err(|error| Error::Internal(format!("apply task failed: {error}")))??;
+            }
+            tracing::info!(%collection, shard, epoch, %peer, adopted_up_to = longest, "adopted the longest log of the shard");
+        }
+        let target = Arc::clone(replica);
+        tokio::task::spawn_blocking(move || target.begin_epoch(epoch))
+            .await
+            .map_err(|error| Error::Internal(format!("epoch task failed: {error}")))?
+    }
+}
+
+/// Streams a peer's snapshot into `staging/snapshot`; returns what it covers and its size.
+async fn receive_snapshot(
+    peers: &PeerClients,
+    address: &str,
+    collection: &str,
+    shard: u32,
+    me: &str,
+    config: &ReplicaConfig,
+    staging: &Path,
+) -> Result<(SnapshotInfo, u64)> {
+    let mut client = peers.client(address)?;
+    let request = tonic::Request::new(CopySnapshotRequest {
+        collection: collection.to_string(),
+        shard,
+        searcher_id: me.to_string(),
+    });
+    let mut stream = client
+        .copy_snapshot(request)
+        .await
+        .map_err(|status| status_error("CopySnapshot", status))?
+        .into_inner();
+    let snapshot_dir = staging.join("snapshot");
+    tokio::fs::create_dir_all(&snapshot_dir)
+        .await
+        .map_err(|source| storage(&snapshot_dir, source))?;
+    let mut header = None;
+    let mut received = 0u64;
+    let mut open: Option<(String, tokio::fs::File)> = None;
+    // A stalled peer must not hold the replica BOOTING forever.
+    let idle = Duration::from_secs(30);
+    loop {
+        let chunk = match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => return Err(Error::Internal("snapshot stream stalled".into())),
+            Ok(None) => break,
+            Ok(Some(chunk)) => {
+                chunk.map_err(|status| status_error("CopySnapshot stream", status))?
+            }
+        };
+        if let Some(first) = chunk.header {
+            if first.incarnation != config.incarnation {
+                return Err(Error::Internal(
+                    "the peer's snapshot belongs to another incarnation of the collection".into(),
+                ));
+            }
+            header = Some(first);
+        }
+        if chunk.file.is_empty() {
+            continue;
+        }
+        let relative = safe_relative_path(&chunk.file)?;
+        let needs_open = open.as_ref().is_none_or(|(name, _)| *name != chunk.file);
+        if needs_open {
+            if let Some((_, mut file)) = open.take() {
+                finish_file(&mut file).await?;
+            }
+            let path = snapshot_dir.join(&relative);
+            if let Some(parent) = path.parent() {
+                tokio::fs::create_dir_all(parent)
+                    .await
+                    .map_err(|source| storage(parent, source))?;
+            }
+            let file = tokio::fs::File::create(&path)
+                .await
+                .map_err(|source| storage(&path, source))?;
+            open = Some((chunk.file.clone(), file));
+        }
+        let (_, file) = open.as_mut().expect("opened above");
+        use tokio::io::AsyncWriteExt;
+        file.write_all(&chunk.data)
+            .await
+            .map_err(|source| storage(&snapshot_dir, source))?;
+        received += chunk.data.len() as u64;
+    }
+    if let Some((_, mut file)) = open.take() {
+        finish_file(&mut file).await?;
+    }
+    let header = header.ok_or_else(|| Error::Internal("snapshot stream had no header".into()))?;
+    if received != header.total_bytes {
+        return Err(Error::Internal(format!(
+            "snapshot stream ended after {received} of {} bytes",
+            header.total_bytes
+        )));
+    }
+    let epochs = EpochHistory {
+        fenced: 0,
+        starts: header
+            .epochs
+            .iter()
+            .map(|start| (start.epoch, start.start_seq))
+            .collect(),
+    };
+    Ok((
+        SnapshotInfo {
+            applied_seq: header.applied_seq,
+            last_epoch: header.last_epoch,
+            epochs,
+        },
+        received,
+    ))
+}
+
+async fn finish_file(file: &mut tokio::fs::File) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    file.flush()
+        .await
+        .and(file.sync_all().await)
+        .map_err(|source| Error::Storage {
+            path: "snapshot file".into(),
+            source,
+        })
+}
+
+/// A peer names files relative to its snapshot; nothing may escape the staging directory.
+fn safe_relative_path(name: &str) -> Result<PathBuf> {
+    let path = PathBuf::from(name);
+    let safe = path
+        .components()
+        .all(|component| matches!(component, std::path::Component::Normal(_)));
+    if !safe || name.is_empty() {
+        return Err(Error::Internal(format!(
+            "snapshot file name {name:?} is not a plain relative path"
+        )));
+    }
+    Ok(path)
+}
+
+fn storage(path: &Path, source: std::io::Error) -> Error {
+    Error::Storage {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upsert(seq: u64) -> WalRecord {
+        WalRecord {
+            seq,
+            epoch: 1,
+            op: WalOp::Delete(vec![format!("p{seq}")]),
+        }
+    }
+
+    #[test]
+    fn recent_records_are_served_only_as_a_consecutive_run() {
+        let log = ShardLog::new();
+        log.push(upsert(1));
+        log.push(upsert(3));
+        assert_eq!(log.recent_after(0, 10).unwrap().len(), 1);
+        assert!(log.recent_after(1, 10).is_none(), "2 is missing");
+        log.push(upsert(2));
+        let seqs: Vec<u64> = log
+            .recent_after(0, 10)
+            .unwrap()
+            .iter()
+            .map(|record| record.seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        assert_eq!(log.recent_after(0, 2).unwrap().len(), 2);
+        assert_eq!(*log.appended.borrow(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_write_waits_for_its_quorum_and_reports_who_acknowledged() {
+        let log = Arc::new(ShardLog::new());
+        let voters = vec!["b".to_string(), "c".to_string()];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let waiter = {
+            let log = Arc::clone(&log);
+            let voters = voters.clone();
+            tokio::spawn(async move { log.await_quorum(7, 2, &voters, deadline).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        log.record_progress("b", 6);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "6 does not acknowledge 7");
+        log.record_progress("b", 7);
+        let (acked, reached) = waiter.await.unwrap();
+        assert!(reached);
+        assert_eq!(acked, vec!["b".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn a_write_without_its_quorum_gives_up_at_the_deadline() {
+        let log = ShardLog::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
+        let (acked, reached) = log.await_quorum(1, 2, &["b".to_string()], deadline).await;
+        assert!(!reached);
+        assert!(acked.is_empty());
+    }
+
+    #[test]
+    fn snapshot_file_names_cannot_escape() {
+        assert!(safe_relative_path("index/graph.bin").is_ok());
+        for bad in ["", "../x", "/etc/passwd", "a/../../b"] {
+            assert!(safe_relative_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn records_round_trip_through_the_wire_form() {
+        let record = WalRecord {
+            seq: 4,
+            epoch: 2,
+            op: WalOp::Upsert(vec![PointData {
+                id: "a".into(),
+                vector: vec![1.0, 2.0],
+                payload: Some("{}".into()),
+            }]),
+        };
+        assert_eq!(record_from_proto(record_to_proto(&record)), record);
+        let delete = upsert(5);
+        assert_eq!(record_from_proto(record_to_proto(&delete)), delete);
+    }
+}
