@@ -20,3 +20,4 @@ pub mod wal;
 
 pub use error::{Error, Result};
 pub use server::{run, SearcherConfig};
+pub use wal::{WalOptions, WalSync};

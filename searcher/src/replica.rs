@@ -4,7 +4,7 @@
 //! Files under the replica's directory:
 //! - `replica.json`: which collection incarnation the files belong to; a mismatch (the
 //!   collection was dropped and re-created while this Searcher was away) discards them.
-//! - `wal.log`: every acknowledged write since the last snapshot ([`crate::wal`]).
+//! - `wal/`: every acknowledged write since the last snapshot, in segments ([`crate::wal`]).
 //! - `snapshot/`: the index as [`VectorIndex::save`] wrote it plus `points.bin` (ids,
 //!   payloads, the sequence number the snapshot covers). Replaced atomically by renaming
 //!   a complete `snapshot.tmp/` into place; the log is emptied only after that.
@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     error::{Error, Result},
     point::PointData,
-    wal::{Cursor, Wal, WalOp, WalRecord},
+    wal::{Cursor, Wal, WalOp, WalOptions, WalRecord},
 };
 
 /// The log is folded into a snapshot once it grows past this, bounding restart replay time.
@@ -114,8 +114,9 @@ impl Replica {
             }
         };
 
-        let wal_path = dir.join("wal.log");
-        let (wal, records) = Wal::open(&wal_path).map_err(|source| {
+        let wal_path = dir.join("wal");
+        let (options, after_seq) = (WalOptions::default(), data.applied_seq);
+        let (wal, records) = Wal::open(&wal_path, options, after_seq).map_err(|source| {
             if source.kind() == io::ErrorKind::InvalidData {
                 Error::Corrupt {
                     path: wal_path.display().to_string(),
@@ -201,9 +202,10 @@ impl Replica {
             .map_err(|_| Error::Internal("replica write lock poisoned".into()))?;
         let record = WalRecord {
             seq: wal_state.last_seq + 1,
+            epoch: 0,
             op,
         };
-        let wal_path = wal_state.wal.path().to_path_buf();
+        let wal_path = wal_state.wal.dir().to_path_buf();
         wal_state
             .wal
             .append(&record)
@@ -243,7 +245,7 @@ impl Replica {
             .wal
             .lock()
             .map_err(|_| Error::Internal("replica write lock poisoned".into()))?;
-        if wal_state.wal.len_bytes() == 0 {
+        if wal_state.wal.first_seq().is_none() {
             return Ok(());
         }
         self.checkpoint_locked(&mut wal_state)
@@ -269,10 +271,11 @@ impl Replica {
         fs::rename(&temporary, &current).map_err(|source| storage(&temporary, source))?;
         sync_dir(&self.dir)?;
         remove_dir_if_exists(&previous)?;
-        let wal_path = wal_state.wal.path().to_path_buf();
+        let wal_path = wal_state.wal.dir().to_path_buf();
+        let covered_seq = wal_state.last_seq;
         wal_state
             .wal
-            .reset()
+            .compact(covered_seq)
             .map_err(|source| storage(&wal_path, source))?;
         tracing::info!(
             collection = %self.config.collection,
@@ -768,9 +771,11 @@ mod tests {
                     .unwrap();
             }
         }
-        let wal_path = dir.path().join("wal.log");
+        let wal_path = dir.path().join("wal").join(format!("{:020}.log", 1));
         let mut bytes = fs::read(&wal_path).unwrap();
-        bytes[12] ^= 0xFF;
+        // Inside the second of three equal records: corruption with data behind it.
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xFF;
         fs::write(&wal_path, &bytes).unwrap();
         let error = Replica::open(dir.path(), config(Metric::L2)).err().unwrap();
         assert_eq!(error.code(), tonic::Code::DataLoss);
