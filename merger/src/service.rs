@@ -357,7 +357,7 @@ impl Merger {
                     }
                 }
             };
-            let failure = attempt.err().expect("successes returned above");
+            let failure = attempt.expect_err("successes returned above");
             let code = code_from_name(&failure.code);
             last_failure = failure;
             // Only a changing primary is worth waiting for; a refused request is final.

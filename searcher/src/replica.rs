@@ -493,7 +493,6 @@ impl Replica {
     }
 
     fn checkpoint_if_large(&self, wal_state: &mut MutexGuard<'_, WalState>) {
-        let wal_state = wal_state;
         if wal_state.wal.len_bytes() >= CHECKPOINT_WAL_BYTES {
             // The write is already durable in the log; a failed checkpoint only means a
             // longer replay, so it must not turn this acknowledged write into an error.

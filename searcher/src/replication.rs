@@ -154,15 +154,12 @@ impl ShardLog {
             .recent
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut records = Vec::new();
-        let mut expected = after_seq + 1;
-        for (seq, record) in recent.range(expected..) {
-            if *seq != expected || records.len() >= max_records {
-                break;
-            }
-            records.push(record.clone());
-            expected += 1;
-        }
+        let records: Vec<WalRecord> = (after_seq + 1..)
+            .zip(recent.range(after_seq + 1..))
+            .take_while(|(expected, (seq, _))| *expected == **seq)
+            .take(max_records)
+            .map(|(_, (_, record))| record.clone())
+            .collect();
         if records.is_empty() {
             return None;
         }
@@ -569,6 +566,12 @@ impl Replicator {
                 "no ACTIVE peer to copy a snapshot from".into(),
             ));
         };
+        self.copy_from(collection, shard, &source).await
+    }
+
+    /// Replaces this replica by a snapshot streamed from `source`.
+    async fn copy_from(&self, collection: &str, shard: u32, source: &str) -> Result<()> {
+        let source = source.to_string();
         let address = self
             .address_of(&source)
             .ok_or_else(|| Error::Internal(format!("peer {source} is not live")))?;
@@ -741,10 +744,26 @@ impl Replicator {
                     .await
                     .map_err(|status| status_error("recovery PullLog", status))?
                     .into_inner();
-                if response.snapshot_required || response.records.is_empty() {
+                if response.snapshot_required {
+                    // Its log no longer reaches back to ours (say, ours was lost to
+                    // corruption): take its snapshot, then the rest of its log.
+                    tracing::warn!(%collection, shard, %peer, reason = %response.reason, "adopting a peer's snapshot before the primary epoch begins");
+                    self.copy_from(collection, shard, &peer).await?;
+                    let Some((current, _)) = self.node.replica_and_state(collection, shard) else {
+                        return Err(Error::Internal("replica closed during recovery".into()));
+                    };
+                    tokio::task::spawn_blocking(move || current.fence(epoch))
+                        .await
+                        .map_err(|error| {
+                            Error::Internal(format!("fence task failed: {error}"))
+                        })??;
+                    return Err(Error::Recovering(
+                        "snapshot adopted; continuing with the log".into(),
+                    ));
+                }
+                if response.records.is_empty() {
                     return Err(Error::Internal(format!(
-                        "{peer} holds records up to {longest} but cannot serve them from its log ({})",
-                        response.reason
+                        "{peer} holds records up to {longest} but sent none"
                     )));
                 }
                 let records: Vec<WalRecord> = response
