@@ -137,8 +137,14 @@ pub async fn run(
         },
     };
     let registration = Arc::new(
-        Registration::register(Arc::clone(&store), schema.clone(), record, config.lease_ttl)
-            .await?,
+        Registration::register(
+            Arc::clone(&store),
+            schema.clone(),
+            record,
+            config.lease_ttl,
+            None,
+        )
+        .await?,
     );
     tracing::info!(searcher_id = %searcher_id, address = %advertise_address, "searcher registered");
 
