@@ -7,6 +7,7 @@
 //! - [`view`]: the watch-backed, in-memory [`ClusterView`] Mergers search from.
 //! - [`placement`]: point → shard hashing and consistent-hash replica placement.
 //! - [`catalog`]: collection create and drop.
+//! - [`rebalance`]: pure planning of each shard's next step towards its target placement.
 //! - [`telemetry`]: logging set-up and the stop signal shared by the binaries.
 //! - [`testing`]: a throw-away real etcd for tests (this crate's and others').
 //!
@@ -19,6 +20,7 @@ pub mod keys;
 pub mod membership;
 pub mod model;
 pub mod placement;
+pub mod rebalance;
 pub mod store;
 pub mod telemetry;
 pub mod testing;
@@ -33,6 +35,7 @@ pub use model::{
     ReplicaRole, SearcherRecord,
 };
 pub use placement::{place_replicas, shard_of, stable_hash64, HashRing, DEFAULT_VIRTUAL_NODES};
+pub use rebalance::{plan_moves, plan_step, target_replicas, Move, RebalancePlan};
 pub use store::{
     Compare, EtcdStore, KeyValue, LeaseId, MemoryStore, MetadataStore, Op, WatchEvent, WatchStream,
 };
