@@ -7,6 +7,7 @@
 //! - [`view`]: the watch-backed, in-memory [`ClusterView`] Mergers search from.
 //! - [`placement`]: point → shard hashing and consistent-hash replica placement.
 //! - [`catalog`]: collection create and drop.
+//! - [`election`]: leader election among the Mergers on plain etcd RPCs.
 //! - [`rebalance`]: pure planning of each shard's next step towards its target placement.
 //! - [`telemetry`]: logging set-up and the stop signal shared by the binaries.
 //! - [`testing`]: a throw-away real etcd for tests (this crate's and others').
@@ -15,6 +16,7 @@
 //! status) always lives under a lease, so a dead node vanishes by itself.
 
 pub mod catalog;
+pub mod election;
 mod error;
 pub mod keys;
 pub mod membership;
@@ -27,12 +29,13 @@ pub mod testing;
 pub mod view;
 
 pub use catalog::{create_collection, drop_collection, get_collection, list_collections};
+pub use election::LeaderElection;
 pub use error::{Error, Result};
 pub use keys::{validate_name, Key, KeySchema};
 pub use membership::Registration;
 pub use model::{
-    now_rfc3339, AssignmentRecord, Capacity, CollectionRecord, ReplicaPhase, ReplicaRecord,
-    ReplicaRole, SearcherRecord,
+    now_rfc3339, AssignmentRecord, Capacity, CollectionRecord, LeaderRecord, RebalanceRecord,
+    ReplicaPhase, ReplicaRecord, ReplicaRole, SearcherRecord,
 };
 pub use placement::{place_replicas, shard_of, stable_hash64, HashRing, DEFAULT_VIRTUAL_NODES};
 pub use rebalance::{plan_moves, plan_step, target_replicas, Move, RebalancePlan};
