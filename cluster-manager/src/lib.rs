@@ -9,6 +9,7 @@
 //! - [`catalog`]: collection create and drop.
 //! - [`election`]: leader election among the Mergers on plain etcd RPCs.
 //! - [`rebalance`]: pure planning of each shard's next step towards its target placement.
+//! - [`controller`]: the placement controller the elected Merger runs.
 //! - [`telemetry`]: logging set-up and the stop signal shared by the binaries.
 //! - [`testing`]: a throw-away real etcd for tests (this crate's and others').
 //!
@@ -16,10 +17,12 @@
 //! status) always lives under a lease, so a dead node vanishes by itself.
 
 pub mod catalog;
+pub mod controller;
 pub mod election;
 mod error;
 pub mod keys;
 pub mod membership;
+mod metrics;
 pub mod model;
 pub mod placement;
 pub mod rebalance;
@@ -29,6 +32,7 @@ pub mod testing;
 pub mod view;
 
 pub use catalog::{create_collection, drop_collection, get_collection, list_collections};
+pub use controller::{ControllerConfig, PlacementController};
 pub use election::LeaderElection;
 pub use error::{Error, Result};
 pub use keys::{validate_name, Key, KeySchema};
