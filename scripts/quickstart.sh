@@ -95,7 +95,7 @@ for _ in $(seq 1 50); do
         | grep -q '"point_count":0' || break
     sleep 0.1
 done
-ctl status
+ctl --etcd-endpoints "$etcd_endpoint" status
 ctl describe siftsmall
 quiver_log "the cluster state in etcd (etcdctl --endpoints $etcd_endpoint get --prefix /quiver/)"
 etcdctl --endpoints "$etcd_endpoint" get --prefix /quiver/ | paste -d ' ' - - | sed 's/^/  /'

@@ -6,6 +6,8 @@
 //! <prefix>collections/<name>
 //! <prefix>assignments/<collection>/<shard>
 //! <prefix>replicas/<collection>/<shard>/<searcher>
+//! <prefix>controller/leader
+//! <prefix>controller/rebalance
 //! ```
 //!
 //! Shard numbers are plain decimal without padding. Collection names and searcher ids never
@@ -17,6 +19,7 @@ const SEARCHERS: &str = "searchers";
 const COLLECTIONS: &str = "collections";
 const ASSIGNMENTS: &str = "assignments";
 const REPLICAS: &str = "replicas";
+const CONTROLLER: &str = "controller";
 
 /// The longest collection name or searcher id accepted.
 pub const MAX_NAME_LEN: usize = 64;
@@ -106,9 +109,27 @@ impl KeySchema {
         format!("{}{REPLICAS}/{collection}/", self.prefix)
     }
 
+    /// `<prefix>assignments/`: every assignment of every collection.
+    pub fn all_assignments_prefix(&self) -> String {
+        format!("{}{ASSIGNMENTS}/", self.prefix)
+    }
+
+    /// `<prefix>controller/leader`: the placement controller's leader, under its lease.
+    pub fn controller_leader(&self) -> String {
+        format!("{}{CONTROLLER}/leader", self.prefix)
+    }
+
+    /// `<prefix>controller/rebalance`: the latest rebalance the controller planned;
+    /// persistent.
+    pub fn controller_rebalance(&self) -> String {
+        format!("{}{CONTROLLER}/rebalance", self.prefix)
+    }
+
     /// What `key` names, or `None` for a key outside the prefix or not of the schema's
     /// shape (unknown kind, missing or extra segments, a shard that is not canonical
     /// decimal). Callers skip such keys rather than fail: another tool may share the prefix.
+    /// The controller's keys parse to `None` too: they describe no part of the cluster state,
+    /// and their readers fetch them by name.
     pub fn parse(&self, key: &str) -> Option<Key> {
         let rest = key.strip_prefix(self.prefix.as_str())?;
         let segments: Vec<&str> = rest.split('/').collect();
@@ -200,6 +221,12 @@ mod tests {
             "/quiver/replicas/docs/0/s-1"
         );
         assert_eq!(schema.replicas_prefix("docs"), "/quiver/replicas/docs/");
+        assert_eq!(schema.all_assignments_prefix(), "/quiver/assignments/");
+        assert_eq!(schema.controller_leader(), "/quiver/controller/leader");
+        assert_eq!(
+            schema.controller_rebalance(),
+            "/quiver/controller/rebalance"
+        );
     }
 
     #[test]
@@ -293,6 +320,8 @@ mod tests {
             "/quiver/replicas/c/one/s1",
             "/quiver/replicas/c/1/s1/extra",
             "/quiver/replicas/c/1/",
+            "/quiver/controller/leader",
+            "/quiver/controller/rebalance",
         ];
         for key in rejected {
             assert_eq!(schema.parse(key), None, "{key}");

@@ -7,6 +7,9 @@
 //! - [`view`]: the watch-backed, in-memory [`ClusterView`] Mergers search from.
 //! - [`placement`]: point → shard hashing and consistent-hash replica placement.
 //! - [`catalog`]: collection create and drop.
+//! - [`election`]: leader election among the Mergers on plain etcd RPCs.
+//! - [`rebalance`]: pure planning of each shard's next step towards its target placement.
+//! - [`controller`]: the placement controller the elected Merger runs.
 //! - [`telemetry`]: logging set-up and the stop signal shared by the binaries.
 //! - [`testing`]: a throw-away real etcd for tests (this crate's and others').
 //!
@@ -14,25 +17,32 @@
 //! status) always lives under a lease, so a dead node vanishes by itself.
 
 pub mod catalog;
+pub mod controller;
+pub mod election;
 mod error;
 pub mod keys;
 pub mod membership;
+mod metrics;
 pub mod model;
 pub mod placement;
+pub mod rebalance;
 pub mod store;
 pub mod telemetry;
 pub mod testing;
 pub mod view;
 
 pub use catalog::{create_collection, drop_collection, get_collection, list_collections};
+pub use controller::{ControllerConfig, PlacementController};
+pub use election::LeaderElection;
 pub use error::{Error, Result};
 pub use keys::{validate_name, Key, KeySchema};
 pub use membership::Registration;
 pub use model::{
-    now_rfc3339, AssignmentRecord, Capacity, CollectionRecord, ReplicaPhase, ReplicaRecord,
-    ReplicaRole, SearcherRecord,
+    now_rfc3339, AssignmentRecord, Capacity, CollectionRecord, LeaderRecord, RebalanceRecord,
+    ReplicaPhase, ReplicaRecord, ReplicaRole, SearcherRecord,
 };
 pub use placement::{place_replicas, shard_of, stable_hash64, HashRing, DEFAULT_VIRTUAL_NODES};
+pub use rebalance::{plan_moves, plan_step, target_replicas, Move, RebalancePlan};
 pub use store::{
     Compare, EtcdStore, KeyValue, LeaseId, MemoryStore, MetadataStore, Op, WatchEvent, WatchStream,
 };

@@ -74,11 +74,18 @@ impl Registration {
     /// If the key exists (e.g. the previous process of the same id was SIGKILLed and its lease
     /// has not expired yet), retries until it is gone or `ttl * 2` elapses, then fails with
     /// `AlreadyExists`: a live process holds the id.
+    ///
+    /// `previous_lease` is the lease the previous process of this same data directory
+    /// registered under, when the caller knows it and knows that process is gone (it holds
+    /// the data directory's lock). If the key is still attached to exactly that lease, the
+    /// lease is revoked and the registration goes ahead at once instead of waiting for it to
+    /// expire. A key on any other lease is waited for as above.
     pub async fn register(
         store: Arc<dyn MetadataStore>,
         schema: KeySchema,
         record: SearcherRecord,
         ttl: Duration,
+        previous_lease: Option<LeaseId>,
     ) -> Result<Registration> {
         validate_name("searcher", &record.id)?;
         if ttl < Duration::from_secs(1) {
@@ -97,6 +104,7 @@ impl Registration {
         let retry_interval =
             (ttl / 10).clamp(Duration::from_millis(50), Duration::from_millis(500));
         let mut announced_wait = false;
+        let mut previous_lease = previous_lease.filter(|lease| *lease != 0);
         loop {
             let create = store
                 .txn(
@@ -114,6 +122,24 @@ impl Registration {
                 Err(error) => {
                     revoke_quietly(store.as_ref(), lease).await;
                     return Err(error);
+                }
+            }
+            // Only once: if the key is on another lease now, it is not ours to take.
+            if let Some(previous) = previous_lease.take() {
+                match revoke_if_held_by(store.as_ref(), &searcher_key, previous).await {
+                    Ok(true) => {
+                        tracing::info!(
+                            searcher_id = %record.id,
+                            previous_lease = previous,
+                            "revoked the lease of this data directory's previous process"
+                        );
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        revoke_quietly(store.as_ref(), lease).await;
+                        return Err(error);
+                    }
                 }
             }
             if Instant::now() >= deadline {
@@ -323,6 +349,17 @@ impl Inner {
     }
 }
 
+/// Revokes `lease` if `key` is attached to it; whether it was.
+async fn revoke_if_held_by(store: &dyn MetadataStore, key: &str, lease: LeaseId) -> Result<bool> {
+    match store.get(key).await? {
+        Some(current) if current.lease == lease => {
+            store.revoke_lease(lease).await?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 async fn revoke_quietly(store: &dyn MetadataStore, lease: LeaseId) {
     if let Err(error) = store.revoke_lease(lease).await {
         tracing::debug!(lease, %error, "lease revoke failed; it will expire by itself");
@@ -420,9 +457,10 @@ mod tests {
 
     async fn registers_keeps_alive_and_shuts_down(store: Arc<dyn MetadataStore>) {
         let schema = KeySchema::default();
-        let registration = Registration::register(store.clone(), schema.clone(), record("s1"), TTL)
-            .await
-            .unwrap();
+        let registration =
+            Registration::register(store.clone(), schema.clone(), record("s1"), TTL, None)
+                .await
+                .unwrap();
         let stored = store.get(&schema.searcher("s1")).await.unwrap().unwrap();
         assert_eq!(stored.lease, registration.lease_id());
         assert_eq!(
@@ -460,11 +498,11 @@ mod tests {
 
     async fn duplicate_live_id_is_already_exists(store: Arc<dyn MetadataStore>) {
         let schema = KeySchema::default();
-        let first = Registration::register(store.clone(), schema.clone(), record("s1"), TTL)
+        let first = Registration::register(store.clone(), schema.clone(), record("s1"), TTL, None)
             .await
             .unwrap();
         let started = Instant::now();
-        let error = Registration::register(store.clone(), schema.clone(), record("s1"), TTL)
+        let error = Registration::register(store.clone(), schema.clone(), record("s1"), TTL, None)
             .await
             .unwrap_err();
         assert!(matches!(error, Error::AlreadyExists(_)), "{error}");
@@ -482,16 +520,18 @@ mod tests {
 
     async fn restart_after_crash_waits_for_the_old_lease(store: Arc<dyn MetadataStore>) {
         let schema = KeySchema::default();
-        let crashed = Registration::register(store.clone(), schema.clone(), record("s1"), TTL)
-            .await
-            .unwrap();
+        let crashed =
+            Registration::register(store.clone(), schema.clone(), record("s1"), TTL, None)
+                .await
+                .unwrap();
         let old_lease = crashed.lease_id();
         // Like SIGKILL: the keep-alive stops, nothing is revoked.
         drop(crashed);
         let started = Instant::now();
-        let restarted = Registration::register(store.clone(), schema.clone(), record("s1"), TTL)
-            .await
-            .unwrap();
+        let restarted =
+            Registration::register(store.clone(), schema.clone(), record("s1"), TTL, None)
+                .await
+                .unwrap();
         assert!(started.elapsed() < TTL * 2, "took {:?}", started.elapsed());
         let stored = store.get(&schema.searcher("s1")).await.unwrap().unwrap();
         assert_eq!(stored.lease, restarted.lease_id());
@@ -499,11 +539,78 @@ mod tests {
         restarted.shutdown().await.unwrap();
     }
 
-    async fn lost_lease_is_replaced_and_keys_rewritten(store: Arc<dyn MetadataStore>) {
+    async fn restart_with_the_previous_lease_registers_at_once(store: Arc<dyn MetadataStore>) {
         let schema = KeySchema::default();
-        let registration = Registration::register(store.clone(), schema.clone(), record("s1"), TTL)
+        // A long TTL, so waiting it out would show.
+        let ttl = Duration::from_secs(10);
+        let crashed =
+            Registration::register(store.clone(), schema.clone(), record("s1"), ttl, None)
+                .await
+                .unwrap();
+        let old_lease = crashed.lease_id();
+        let replica_key = schema.replica("docs", 0, "s1");
+        crashed
+            .put_leased(&replica_key, b"{}".to_vec())
             .await
             .unwrap();
+        drop(crashed);
+        let started = Instant::now();
+        let restarted = Registration::register(
+            store.clone(),
+            schema.clone(),
+            record("s1"),
+            ttl,
+            Some(old_lease),
+        )
+        .await
+        .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+        let stored = store.get(&schema.searcher("s1")).await.unwrap().unwrap();
+        assert_eq!(stored.lease, restarted.lease_id());
+        assert_ne!(stored.lease, old_lease);
+        assert_eq!(
+            store.get(&replica_key).await.unwrap(),
+            None,
+            "the previous process's leased keys went with its lease"
+        );
+
+        // A lease that is not the key's is never revoked: a live process keeps its id.
+        let other_lease = store.grant_lease(10).await.unwrap();
+        let started = Instant::now();
+        let error = Registration::register(
+            store.clone(),
+            schema.clone(),
+            record("s1"),
+            TTL,
+            Some(other_lease),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(error, Error::AlreadyExists(_)), "{error}");
+        assert!(started.elapsed() >= TTL * 2);
+        assert_eq!(
+            store
+                .get(&schema.searcher("s1"))
+                .await
+                .unwrap()
+                .unwrap()
+                .lease,
+            restarted.lease_id()
+        );
+        assert!(store.keep_alive(other_lease).await.unwrap() > 0);
+        restarted.shutdown().await.unwrap();
+    }
+
+    async fn lost_lease_is_replaced_and_keys_rewritten(store: Arc<dyn MetadataStore>) {
+        let schema = KeySchema::default();
+        let registration =
+            Registration::register(store.clone(), schema.clone(), record("s1"), TTL, None)
+                .await
+                .unwrap();
         let replica_key = schema.replica("docs", 0, "s1");
         registration
             .put_leased(&replica_key, b"{\"v\":1}".to_vec())
@@ -554,7 +661,7 @@ mod tests {
 
     async fn invalid_ids_and_ttls_are_rejected(store: Arc<dyn MetadataStore>) {
         let schema = KeySchema::default();
-        let error = Registration::register(store.clone(), schema.clone(), record("a/b"), TTL)
+        let error = Registration::register(store.clone(), schema.clone(), record("a/b"), TTL, None)
             .await
             .unwrap_err();
         assert!(matches!(error, Error::InvalidArgument(_)), "{error}");
@@ -563,6 +670,7 @@ mod tests {
             schema,
             record("s1"),
             Duration::from_millis(10),
+            None,
         )
         .await
         .unwrap_err();
@@ -595,6 +703,11 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn memory_registration_restart_with_the_previous_lease() {
+        restart_with_the_previous_lease_registers_at_once(memory()).await;
+    }
+
+    #[tokio::test]
     async fn memory_registration_lost_lease() {
         lost_lease_is_replaced_and_keys_rewritten(memory()).await;
     }
@@ -623,13 +736,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn etcd_registration_restart_with_the_previous_lease() {
+        let (_server, store) = etcd().await;
+        restart_with_the_previous_lease_registers_at_once(store).await;
+    }
+
+    #[tokio::test]
     async fn etcd_registration_survives_an_etcd_outage_longer_than_the_ttl() {
         let mut server = EtcdServer::start().expect("start etcd");
         let store: Arc<dyn MetadataStore> = Arc::new(server.connect_store().await.unwrap());
         let schema = KeySchema::default();
-        let registration = Registration::register(store.clone(), schema.clone(), record("s1"), TTL)
-            .await
-            .unwrap();
+        let registration =
+            Registration::register(store.clone(), schema.clone(), record("s1"), TTL, None)
+                .await
+                .unwrap();
         let replica_key = schema.replica("docs", 0, "s1");
         registration
             .put_leased(&replica_key, b"{}".to_vec())

@@ -143,6 +143,51 @@ pub struct ReplicaRecord {
     pub error: Option<String>,
 }
 
+/// `controller/leader`: the Merger whose placement controller acts, under its lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaderRecord {
+    /// The candidate id, e.g. the Merger's id.
+    pub id: String,
+    /// When it became leader, RFC 3339.
+    pub since: String,
+}
+
+/// `controller/rebalance`: the latest change of target placement the controller planned,
+/// and how far it got; persistent, rewritten by each new plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RebalanceRecord {
+    /// RFC 3339, as every timestamp here.
+    pub started_at: String,
+    pub updated_at: String,
+    /// What changed the target placement, e.g. `searcher searcher-4 joined`.
+    pub trigger: String,
+    /// The Searchers the target placement is computed over, sorted.
+    pub searchers: Vec<String>,
+    /// Replicas to move, at most [`RebalanceRecord::MAX_MOVES`] of them (see
+    /// `moves_omitted`).
+    pub moves: Vec<crate::rebalance::Move>,
+    /// Moves not listed in `moves`, to keep the value far below etcd's request size limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub moves_omitted: u64,
+    pub moved_replicas: u64,
+    pub total_replicas: u64,
+    pub moved_fraction: f64,
+    /// Shards whose voting replicas are not yet their target, or that still have learners.
+    pub pending_shards: u64,
+    /// Set once `pending_shards` reached 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+impl RebalanceRecord {
+    /// Moves listed in one record; about 100 bytes each.
+    pub const MAX_MOVES: usize = 2000;
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
 /// The current time in RFC 3339 (UTC, millisecond precision), as records store it.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()

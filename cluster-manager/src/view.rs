@@ -46,8 +46,9 @@ impl ClusterState {
             .get(&(collection.to_string(), shard, searcher.to_string()))
     }
 
-    /// Searchers of the shard's assignment whose replica reports ACTIVE and which are live
-    /// (present in searchers), in assignment order.
+    /// Voting Searchers of the shard's assignment whose replica reports ACTIVE and which are
+    /// live (present in searchers), in assignment order. Learners are never searched: their
+    /// copies may still be catching up.
     pub fn active_replicas(&self, collection: &str, shard: u32) -> Vec<&SearcherRecord> {
         let Some(assignment) = self.assignment(collection, shard) else {
             return Vec::new();
@@ -63,11 +64,12 @@ impl ClusterState {
             .collect()
     }
 
-    /// (collection, shard) pairs assigned to this searcher, in order.
+    /// (collection, shard) pairs this searcher should host, in order: as a voting replica
+    /// or as a learner (a learner builds its copy before it may vote or serve).
     pub fn assigned_to(&self, searcher_id: &str) -> Vec<(String, u32)> {
         self.assignments
             .iter()
-            .filter(|(_, assignment)| assignment.replicas.iter().any(|id| id == searcher_id))
+            .filter(|(_, assignment)| assignment.members().any(|id| id == searcher_id))
             .map(|(key, _)| key.clone())
             .collect()
     }
@@ -416,7 +418,14 @@ mod tests {
             ),
             (
                 schema.assignment("docs", 1),
-                encode(&AssignmentRecord::new(vec!["s1".into()])),
+                encode(&AssignmentRecord {
+                    learners: vec!["s2".into()],
+                    ..AssignmentRecord::new(vec!["s1".into()])
+                }),
+            ),
+            (
+                schema.replica("docs", 1, "s2"),
+                encode(&replica(ReplicaPhase::Active)),
             ),
             (
                 schema.replica("docs", 0, "s1"),
@@ -462,12 +471,17 @@ mod tests {
         );
         assert!(
             state.active_replicas("docs", 1).is_empty(),
-            "BOOTING is not active"
+            "BOOTING is not active, and an ACTIVE learner is never searched"
         );
         assert!(state.active_replicas("nope", 0).is_empty());
         assert_eq!(
             state.assigned_to("s1"),
             [("docs".to_string(), 0), ("docs".to_string(), 1)]
+        );
+        assert_eq!(
+            state.assigned_to("s2"),
+            [("docs".to_string(), 0), ("docs".to_string(), 1)],
+            "a learner hosts the shard too"
         );
         assert_eq!(state.assigned_to("s3"), [("docs".to_string(), 0)]);
         assert!(state.assigned_to("s9").is_empty());

@@ -158,7 +158,7 @@ pub async fn run(
             schema.clone(),
             record,
             config.lease_ttl,
-            //PREV previous_lease,
+            previous_lease,
         )
         .await?,
     );

@@ -1,4 +1,5 @@
-//! quiverctl: administer a Quiver cluster through a Merger, and load or query benchmark data.
+//! quiverctl: administer a Quiver cluster through a Merger, load or query benchmark data, and
+//! show the cluster's placement straight from etcd.
 
 use std::{
     collections::HashSet,
@@ -9,11 +10,15 @@ use std::{
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use quiver_cluster::{
+    model::decode, plan_moves, ClusterState, EtcdStore, KeySchema, LeaderRecord, MetadataStore,
+    RebalanceRecord, ReplicaRole,
+};
 use quiver_index::dataset::{self, Vectors};
 use quiver_proto::v1::{
-    merger_client::MergerClient, ClusterStatusRequest, CollectionConfig, CollectionDescription,
-    CreateCollectionRequest, DescribeCollectionRequest, DropCollectionRequest,
-    ListCollectionsRequest, Metric, Point, ReplicaState, SearchRequest, UpsertRequest, Vector,
+    merger_client::MergerClient, CollectionConfig, CollectionDescription, CreateCollectionRequest,
+    DescribeCollectionRequest, DropCollectionRequest, ListCollectionsRequest, Metric, Point,
+    ReplicaState, SearchRequest, UpsertRequest, Vector,
 };
 use tonic::transport::Channel;
 
@@ -35,6 +40,31 @@ struct Args {
     /// Deadline of each call, in seconds.
     #[arg(long, default_value_t = 60, global = true)]
     timeout_secs: u64,
+    /// etcd endpoints, comma-separated (`status` and `rebalance` read etcd directly).
+    #[arg(
+        long,
+        env = "QUIVER_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379",
+        global = true
+    )]
+    etcd_endpoints: Vec<String>,
+    /// Prefix of every key Quiver keeps in etcd.
+    #[arg(
+        long,
+        env = "QUIVER_ETCD_PREFIX",
+        default_value = "/quiver/",
+        global = true
+    )]
+    etcd_prefix: String,
+    /// Deadline of each etcd call, in milliseconds.
+    #[arg(
+        long,
+        env = "QUIVER_ETCD_TIMEOUT_MS",
+        default_value_t = 5000,
+        global = true
+    )]
+    etcd_timeout_ms: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,8 +92,17 @@ enum Command {
     List,
     /// Show a collection's shards and replicas.
     Describe { name: String },
-    /// Show live Searchers and collection health.
+    /// Show the live Searchers, every replica's role and progress, the placement
+    /// controller's leader and the last rebalance, read from etcd.
     Status,
+    /// Show how far the placement is from its target over the live Searchers. Rebalances
+    /// are applied by the placement controller inside the Mergers; only `--dry-run` is
+    /// offered here.
+    Rebalance {
+        /// List the replicas that would move, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Upsert every vector of an .fvecs file; point ids are the row numbers.
     Load {
         name: String,
@@ -122,6 +161,31 @@ async fn main() -> anyhow::Result<()> {
     } = &args.command
     {
         return generate_data(out, *base, *queries, *dimension, *k);
+    }
+    match &args.command {
+        Command::Status => {
+            let snapshot = read_snapshot(&args).await?;
+            print!("{}", render_status(&snapshot));
+            return Ok(());
+        }
+        Command::Rebalance { dry_run: false } => {
+            eprintln!(
+                "quiverctl does not apply rebalances: the placement controller inside the \
+                 Mergers applies them automatically when Searchers join or leave (see \
+                 `quiverctl status` for the last one). `quiverctl rebalance --dry-run` shows \
+                 what is still to move."
+            );
+            std::process::exit(2);
+        }
+        Command::Rebalance { dry_run: true } => {
+            let snapshot = read_snapshot(&args).await?;
+            print!(
+                "{}",
+                render_dry_run(&snapshot.state, &snapshot.state.live_searcher_ids())
+            );
+            return Ok(());
+        }
+        _ => {}
     }
     let channel = Channel::from_shared(args.merger.clone())
         .context("invalid --merger address")?
@@ -201,36 +265,6 @@ async fn main() -> anyhow::Result<()> {
                 print_description(&collection);
             }
         }
-        Command::Status => {
-            let status = client
-                .cluster_status(ClusterStatusRequest {})
-                .await?
-                .into_inner();
-            println!("etcd revision {}", status.revision);
-            println!(
-                "{:<22} {:<28} {:>8}  started",
-                "searcher", "address", "replicas"
-            );
-            for searcher in status.searchers {
-                println!(
-                    "{:<22} {:<28} {:>8}  {}",
-                    searcher.id, searcher.address, searcher.replica_count, searcher.started_at
-                );
-            }
-            println!(
-                "{:<24} {:>6} {:>8} {:>17}",
-                "collection", "shards", "serving", "fully replicated"
-            );
-            for collection in status.collections {
-                println!(
-                    "{:<24} {:>6} {:>8} {:>17}",
-                    collection.name,
-                    collection.num_shards,
-                    collection.serving_shards,
-                    collection.fully_replicated_shards
-                );
-            }
-        }
         Command::Load { name, fvecs, batch } => {
             let base = dataset::read_fvecs(&fvecs)
                 .with_context(|| format!("reading {}", fvecs.display()))?;
@@ -268,9 +302,262 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
         }
-        Command::GenerateData { .. } => unreachable!("handled before connecting"),
+        Command::GenerateData { .. } | Command::Status | Command::Rebalance { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
     Ok(())
+}
+
+/// What `status` and `rebalance` show: one consistent read of everything under the prefix.
+struct Snapshot {
+    state: ClusterState,
+    leader: Option<LeaderRecord>,
+    rebalance: Option<RebalanceRecord>,
+}
+
+async fn read_snapshot(args: &Args) -> anyhow::Result<Snapshot> {
+    let store = EtcdStore::connect(
+        &args.etcd_endpoints,
+        Duration::from_millis(args.etcd_timeout_ms.max(1)),
+    )
+    .await?;
+    let schema = KeySchema::new(&args.etcd_prefix);
+    let (listed, revision) = store.get_prefix(schema.prefix()).await.with_context(|| {
+        format!(
+            "cannot read {} from etcd at {}",
+            schema.prefix(),
+            args.etcd_endpoints.join(",")
+        )
+    })?;
+    let state = ClusterState::from_listing(&schema, &listed, revision);
+    let find = |key: String| listed.iter().find(|stored| stored.key == key).cloned();
+    let leader = find(schema.controller_leader())
+        .map(|stored| decode::<LeaderRecord>(&stored.key, &stored.value))
+        .transpose()?;
+    let rebalance = find(schema.controller_rebalance())
+        .map(|stored| decode::<RebalanceRecord>(&stored.key, &stored.value))
+        .transpose()?;
+    Ok(Snapshot {
+        state,
+        leader,
+        rebalance,
+    })
+}
+
+/// A text table: columns padded to their widest cell, two spaces apart, numbers right-aligned.
+struct Table {
+    headers: Vec<&'static str>,
+    right_aligned: Vec<bool>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// `columns`: header and whether the column is right-aligned.
+    fn new(columns: &[(&'static str, bool)]) -> Table {
+        Table {
+            headers: columns.iter().map(|(header, _)| *header).collect(),
+            right_aligned: columns.iter().map(|(_, right)| *right).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        debug_assert_eq!(cells.len(), self.headers.len());
+        self.rows.push(cells);
+    }
+
+    fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.headers.iter().map(|header| header.len()).collect();
+        for row in &self.rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let headers: Vec<String> = self
+            .headers
+            .iter()
+            .map(|header| header.to_string())
+            .collect();
+        let mut text = String::new();
+        for row in std::iter::once(&headers).chain(&self.rows) {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .zip(&self.right_aligned)
+                .map(|((cell, width), right)| {
+                    if *right {
+                        format!("{cell:>width$}")
+                    } else {
+                        format!("{cell:<width$}")
+                    }
+                })
+                .collect();
+            text.push_str(cells.join("  ").trim_end());
+            text.push('\n');
+        }
+        text
+    }
+}
+
+fn render_status(snapshot: &Snapshot) -> String {
+    let state = &snapshot.state;
+    let mut text = format!("etcd revision {}\n\n", state.revision);
+
+    let mut searchers = Table::new(&[
+        ("searcher", false),
+        ("address", false),
+        ("version", false),
+        ("started", false),
+        ("replicas", true),
+    ]);
+    for (id, searcher) in &state.searchers {
+        searchers.row(vec![
+            id.clone(),
+            searcher.address.clone(),
+            searcher.version.clone(),
+            searcher.started_at.clone(),
+            state.assigned_to(id).len().to_string(),
+        ]);
+    }
+    text.push_str(&searchers.render());
+
+    for (name, collection) in &state.collections {
+        text.push_str(&format!(
+            "\ncollection {name}: {} shards, replication factor {}, index {}\n",
+            collection.num_shards, collection.replication_factor, collection.index_spec
+        ));
+        let mut replicas = Table::new(&[
+            ("collection", false),
+            ("shard", true),
+            ("searcher", false),
+            ("role", false),
+            ("state", false),
+            ("points", true),
+            ("applied seq", true),
+            ("epoch", true),
+        ]);
+        for shard in 0..collection.num_shards {
+            let assignment = state.assignment(name, shard);
+            let mut hosts: Vec<(String, String)> = assignment
+                .map(|assignment| {
+                    assignment
+                        .members()
+                        .map(|id| {
+                            let role = match assignment.role_of(id) {
+                                Some(ReplicaRole::Primary) => "primary",
+                                Some(ReplicaRole::Follower) => "follower",
+                                Some(ReplicaRole::Learner) => "learner",
+                                None => "-",
+                            };
+                            (id.clone(), role.to_string())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            // Replicas still reported but no longer assigned (being closed).
+            for (collection, replica_shard, id) in state.replicas.keys() {
+                if collection == name
+                    && *replica_shard == shard
+                    && !hosts.iter().any(|(host, _)| host == id)
+                {
+                    hosts.push((id.clone(), "unassigned".to_string()));
+                }
+            }
+            for (id, role) in hosts {
+                let record = state.replica(name, shard, &id);
+                let phase = if !state.searchers.contains_key(&id) {
+                    "OFFLINE".to_string()
+                } else {
+                    match record {
+                        Some(record) => phase_name(record.state).to_string(),
+                        None => "UNKNOWN".to_string(),
+                    }
+                };
+                let number = |value: Option<u64>| value.map_or("-".to_string(), |v| v.to_string());
+                replicas.row(vec![
+                    name.clone(),
+                    shard.to_string(),
+                    id,
+                    role,
+                    phase,
+                    number(record.map(|record| record.point_count)),
+                    number(record.map(|record| record.applied_seq)),
+                    number(assignment.map(|assignment| assignment.epoch)),
+                ]);
+            }
+        }
+        text.push_str(&replicas.render());
+    }
+
+    text.push('\n');
+    match &snapshot.leader {
+        Some(leader) => text.push_str(&format!(
+            "controller leader: {} (since {})\n",
+            leader.id, leader.since
+        )),
+        None => text.push_str("controller leader: none\n"),
+    }
+    match &snapshot.rebalance {
+        Some(record) => {
+            let progress = match &record.finished_at {
+                Some(finished_at) => format!("finished {finished_at}"),
+                None => format!("in progress, {} shards pending", record.pending_shards),
+            };
+            text.push_str(&format!(
+                "last rebalance: {} (started {}): moved {} of {} replicas ({:.1}%), {progress}\n",
+                record.trigger,
+                record.started_at,
+                record.moved_replicas,
+                record.total_replicas,
+                record.moved_fraction * 100.0
+            ));
+        }
+        None => text.push_str("last rebalance: none\n"),
+    }
+    text
+}
+
+fn phase_name(phase: quiver_cluster::ReplicaPhase) -> &'static str {
+    match phase {
+        quiver_cluster::ReplicaPhase::Booting => "BOOTING",
+        quiver_cluster::ReplicaPhase::Active => "ACTIVE",
+        quiver_cluster::ReplicaPhase::Draining => "DRAINING",
+        quiver_cluster::ReplicaPhase::Failed => "FAILED",
+    }
+}
+
+fn render_dry_run(state: &ClusterState, eligible: &[String]) -> String {
+    let plan = plan_moves(state, eligible);
+    let mut text = format!(
+        "target placement over {} live searchers: {}\n",
+        eligible.len(),
+        eligible.join(", ")
+    );
+    if !plan.moves.is_empty() {
+        let mut moves = Table::new(&[
+            ("collection", false),
+            ("shard", true),
+            ("from", false),
+            ("to", false),
+        ]);
+        for planned in &plan.moves {
+            moves.row(vec![
+                planned.collection.clone(),
+                planned.shard.to_string(),
+                planned.from.clone().unwrap_or_else(|| "-".to_string()),
+                planned.to.clone(),
+            ]);
+        }
+        text.push_str(&moves.render());
+    }
+    text.push_str(&format!(
+        "moved {} of {} replicas ({:.1}%)\n",
+        plan.moved_replicas,
+        plan.total_replicas,
+        plan.moved_fraction * 100.0
+    ));
+    text
 }
 
 async fn load(
@@ -507,4 +794,197 @@ fn write_vectors(path: &Path, vectors: &Vectors) -> anyhow::Result<()> {
     }
     file.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quiver_cluster::{
+        rebalance::Move, AssignmentRecord, Capacity, CollectionRecord, ReplicaPhase, ReplicaRecord,
+        SearcherRecord,
+    };
+
+    fn searcher(id: &str, port: u16) -> SearcherRecord {
+        SearcherRecord {
+            id: id.to_string(),
+            address: format!("http://127.0.0.1:{port}"),
+            version: "0.1.0".to_string(),
+            started_at: "2024-05-01T10:00:00.000Z".to_string(),
+            capacity: Capacity {
+                cpus: 2,
+                memory_bytes: 1 << 30,
+            },
+        }
+    }
+
+    fn replica(state: ReplicaPhase, points: u64, seq: u64) -> ReplicaRecord {
+        ReplicaRecord {
+            state,
+            point_count: points,
+            applied_seq: seq,
+            epoch: 2,
+            ..Default::default()
+        }
+    }
+
+    fn cluster() -> ClusterState {
+        let mut state = ClusterState {
+            revision: 42,
+            ..ClusterState::default()
+        };
+        for (id, port) in [
+            ("searcher-1", 7101),
+            ("searcher-2", 7102),
+            ("searcher-10", 7110),
+        ] {
+            state.searchers.insert(id.to_string(), searcher(id, port));
+        }
+        state.collections.insert(
+            "docs".to_string(),
+            CollectionRecord {
+                name: "docs".to_string(),
+                dimension: 4,
+                metric: quiver_index::Metric::L2,
+                num_shards: 2,
+                replication_factor: 2,
+                index_spec: "flat".to_string(),
+                created_at: "2024-05-01T10:00:00.000Z".to_string(),
+            },
+        );
+        state.assignments.insert(
+            ("docs".to_string(), 0),
+            AssignmentRecord {
+                epoch: 2,
+                learners: vec!["searcher-10".to_string()],
+                ..AssignmentRecord::new(vec!["searcher-2".to_string(), "searcher-1".to_string()])
+            },
+        );
+        state.assignments.insert(
+            ("docs".to_string(), 1),
+            AssignmentRecord::new(vec!["searcher-1".to_string(), "searcher-3".to_string()]),
+        );
+        let records = [
+            (0, "searcher-2", replica(ReplicaPhase::Active, 1500, 1502)),
+            (0, "searcher-1", replica(ReplicaPhase::Active, 1500, 1502)),
+            (0, "searcher-10", replica(ReplicaPhase::Booting, 12, 12)),
+            (1, "searcher-1", replica(ReplicaPhase::Active, 7, 9)),
+            (1, "searcher-2", replica(ReplicaPhase::Draining, 7, 9)),
+        ];
+        for (shard, id, record) in records {
+            state
+                .replicas
+                .insert(("docs".to_string(), shard, id.to_string()), record);
+        }
+        state
+    }
+
+    #[test]
+    fn status_prints_aligned_tables() {
+        let snapshot = Snapshot {
+            state: cluster(),
+            leader: Some(LeaderRecord {
+                id: "merger-1".to_string(),
+                since: "2024-05-01T10:05:00.000Z".to_string(),
+            }),
+            rebalance: Some(RebalanceRecord {
+                started_at: "2024-05-01T10:06:00.000Z".to_string(),
+                updated_at: "2024-05-01T10:06:01.000Z".to_string(),
+                trigger: "searcher searcher-10 joined".to_string(),
+                searchers: vec![],
+                moves: vec![Move {
+                    collection: "docs".to_string(),
+                    shard: 0,
+                    from: Some("searcher-1".to_string()),
+                    to: "searcher-10".to_string(),
+                }],
+                moves_omitted: 0,
+                moved_replicas: 1,
+                total_replicas: 4,
+                moved_fraction: 0.25,
+                pending_shards: 1,
+                finished_at: None,
+            }),
+        };
+        let expected = "\
+etcd revision 42
+
+searcher     address                version  started                   replicas
+searcher-1   http://127.0.0.1:7101  0.1.0    2024-05-01T10:00:00.000Z         2
+searcher-10  http://127.0.0.1:7110  0.1.0    2024-05-01T10:00:00.000Z         1
+searcher-2   http://127.0.0.1:7102  0.1.0    2024-05-01T10:00:00.000Z         1
+
+collection docs: 2 shards, replication factor 2, index flat
+collection  shard  searcher     role        state     points  applied seq  epoch
+docs            0  searcher-2   primary     ACTIVE      1500         1502      2
+docs            0  searcher-1   follower    ACTIVE      1500         1502      2
+docs            0  searcher-10  learner     BOOTING       12           12      2
+docs            1  searcher-1   primary     ACTIVE         7            9      1
+docs            1  searcher-3   follower    OFFLINE        -            -      1
+docs            1  searcher-2   unassigned  DRAINING       7            9      1
+
+controller leader: merger-1 (since 2024-05-01T10:05:00.000Z)
+last rebalance: searcher searcher-10 joined (started 2024-05-01T10:06:00.000Z): moved 1 of 4 replicas (25.0%), in progress, 1 shards pending
+";
+        assert_eq!(render_status(&snapshot), expected);
+
+        let bare = Snapshot {
+            state: ClusterState::default(),
+            leader: None,
+            rebalance: None,
+        };
+        assert_eq!(
+            render_status(&bare),
+            "etcd revision 0\n\nsearcher  address  version  started  replicas\n\n\
+             controller leader: none\nlast rebalance: none\n"
+        );
+    }
+
+    #[test]
+    fn dry_run_lists_every_move() {
+        let mut state = cluster();
+        // Settle the placement on the three live Searchers, then add a fourth.
+        let three: Vec<String> = state.live_searcher_ids();
+        for shard in 0..2 {
+            let target = quiver_cluster::target_replicas(&three, "docs", shard, 2);
+            state
+                .assignments
+                .insert(("docs".to_string(), shard), AssignmentRecord::new(target));
+        }
+        let settled = render_dry_run(&state, &three);
+        assert_eq!(
+            settled,
+            "target placement over 3 live searchers: searcher-1, searcher-10, searcher-2\n\
+             moved 0 of 4 replicas (0.0%)\n"
+        );
+
+        let mut four = three.clone();
+        four.push("searcher-4".to_string());
+        let plan = plan_moves(&state, &four);
+        let text = render_dry_run(&state, &four);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1 + usize::from(!plan.moves.is_empty()) + plan.moves.len() + 1
+        );
+        assert_eq!(
+            *lines.last().unwrap(),
+            format!(
+                "moved {} of 4 replicas ({:.1}%)",
+                plan.moved_replicas,
+                plan.moved_fraction * 100.0
+            )
+        );
+        for (line, planned) in lines[2..].iter().zip(&plan.moves) {
+            let cells: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(
+                cells,
+                [
+                    "docs",
+                    &planned.shard.to_string(),
+                    planned.from.as_deref().unwrap_or("-"),
+                    &planned.to
+                ]
+            );
+        }
+    }
 }
