@@ -64,6 +64,22 @@ struct Args {
     /// blocking pool either way.
     #[arg(long, env = "QUIVER_WORKER_THREADS")]
     worker_threads: Option<usize>,
+    /// Run the placement controller (one Merger leads it at a time, elected in etcd):
+    /// promotes new primaries, and moves and restores replicas as Searchers come and go.
+    /// `--controller false` leaves it to the other Mergers.
+    #[arg(long, env = "QUIVER_CONTROLLER", default_value_t = true, action = clap::ArgAction::Set)]
+    controller: bool,
+    /// This Merger's name in the controller election; default `merger-<host>-<random>`.
+    #[arg(long, env = "QUIVER_MERGER_ID")]
+    merger_id: Option<String>,
+    /// How long a Searcher may be gone before the controller rebuilds its replicas on
+    /// other Searchers (a restart within this time moves no data), in milliseconds.
+    #[arg(long, env = "QUIVER_REBALANCE_DELAY_MS", default_value_t = 30_000)]
+    rebalance_delay_ms: u64,
+    /// The controller leader's lease TTL in seconds: how long a crashed leader keeps the
+    /// role before another Merger takes over.
+    #[arg(long, env = "QUIVER_CONTROLLER_TTL_SECS", default_value_t = 10)]
+    controller_ttl_secs: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -103,6 +119,14 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             ..MergerConfig::default()
         },
         ready_file: args.ready_file,
+        controller: args.controller.then(|| {
+            let mut controller = quiver_cluster::ControllerConfig::new(
+                args.merger_id.clone().unwrap_or_else(default_merger_id),
+            );
+            controller.rebalance_delay = Duration::from_millis(args.rebalance_delay_ms);
+            controller.election_ttl = Duration::from_secs(args.controller_ttl_secs.max(1));
+            controller
+        }),
     };
     run(
         config,
@@ -111,4 +135,14 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+fn default_merger_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "host".to_string());
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    format!("merger-{host}-{suffix}")
 }

@@ -22,6 +22,8 @@ pub struct MergerServerConfig {
     pub merger: MergerConfig,
     /// Written with the bound address once the Merger serves.
     pub ready_file: Option<PathBuf>,
+    /// The placement controller's settings; `None` runs none in this Merger.
+    pub controller: Option<quiver_cluster::ControllerConfig>,
 }
 
 pub async fn run(
@@ -36,6 +38,19 @@ pub async fn run(
         Arc::new(EtcdStore::connect(&config.etcd_endpoints, config.etcd_timeout).await?);
     let schema = KeySchema::new(&config.etcd_prefix);
     let view = ClusterView::start(Arc::clone(&store), schema.clone()).await?;
+    let (stop_controller, controller_stop_signal) = tokio::sync::watch::channel(false);
+    let controller = config.controller.clone().map(|controller_config| {
+        tracing::info!(candidate = %controller_config.candidate_id, "placement controller candidate");
+        tokio::spawn(
+            quiver_cluster::PlacementController::new(
+                Arc::clone(&store),
+                schema.clone(),
+                view.clone(),
+                controller_config,
+            )
+            .run(controller_stop_signal),
+        )
+    });
     let merger: Arc<dyn MergerService> =
         Arc::new(Merger::new(store, schema, view, config.merger.clone()));
 
@@ -80,6 +95,11 @@ pub async fn run(
         )
         .await
         .map_err(|error| Error::Internal(format!("grpc server: {error}")))?;
+    // Resigns the controller leadership so another Merger takes over at once.
+    let _ = stop_controller.send(true);
+    if let Some(controller) = controller {
+        let _ = controller.await;
+    }
     tracing::info!("merger stopped");
     Ok(())
 }
