@@ -8,17 +8,31 @@
 //! [`ClusterOptions`] starts Searchers and the Merger with extra flags (say, the Searcher's
 //! test-only fault injection, or the Merger's hedging off); [`Cluster::start_merger`] adds
 //! another Merger with its own flags to a running cluster.
+//!
+//! For durability and rebalancing tests: [`Cluster::add_searcher`] grows a running cluster,
+//! [`SearcherProcess::client`], [`SearcherProcess::replica_get`] and
+//! [`SearcherProcess::replica_status`] look at one replica directly (not through a Merger),
+//! [`Cluster::wait_caught_up`] waits until every replica of a collection has applied what its
+//! primary has, [`Cluster::etcd_json`] reads one record, [`Cluster::etcd_stop`] and
+//! [`Cluster::etcd_restart`] take etcd away and bring it back, [`Cluster::quiverctl`] runs the
+//! admin CLI, and [`Cluster::log_path`] / [`Cluster::log_text`] give a process's log.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
 use quiver_cluster::testing::EtcdServer;
 use quiver_proto::v1::{
-    merger_client::MergerClient, CollectionConfig, CreateCollectionRequest, Metric, Point,
-    UpsertRequest,
+    merger_client::MergerClient, searcher_client::SearcherClient, CollectionConfig,
+    CreateCollectionRequest, HostedReplica, Metric, Point, ReplicaGetRequest, ReplicaRole,
+    ReplicaState, ReplicaStatusRequest, UpsertRequest,
 };
 use tempfile::TempDir;
 use tonic::transport::Channel;
@@ -67,25 +81,84 @@ impl SearcherProcess {
 
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let _ = self.terminate(Duration::from_secs(15));
     }
 
+    /// SIGTERM, then wait up to `timeout` for the process to exit by itself and return how
+    /// it exited; `None` when it was still running at the deadline (it is then SIGKILLed, so
+    /// a drain that hangs fails the test instead of leaking a process).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Whether this handle still owns a process (it was not killed or stopped through it).
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// How the process ended, if it exited by itself (a crash, say); `None` while it runs or
+    /// when it was already killed or stopped through this handle.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// A direct client of this Searcher's internal gRPC service (`Get`, `ReplicaStatus`, …),
+    /// to look at one replica rather than at what the Merger makes of them all.
+    pub async fn client(&self) -> Result<SearcherClient<Channel>, tonic::transport::Error> {
+        connect_searcher(&self.address).await
+    }
+
+    /// The replicas this Searcher hosts (of `collection`, or all when it is empty), as its
+    /// `ReplicaStatus` reports them.
+    pub async fn replica_status(&self, collection: &str) -> Result<Vec<HostedReplica>, String> {
+        let mut client = self
+            .client()
+            .await
+            .map_err(|error| format!("{}: cannot connect: {error}", self.id))?;
+        client
+            .replica_status(ReplicaStatusRequest {
+                collection: collection.to_string(),
+            })
+            .await
+            .map(|response| response.into_inner().replicas)
+            .map_err(|status| format!("{}: ReplicaStatus failed: {status:?}", self.id))
+    }
+
+    /// Reads points straight from this Searcher's replica of one shard (vectors and
+    /// payloads included).
+    pub async fn replica_get(
+        &self,
+        collection: &str,
+        shard: u32,
+        ids: &[String],
+    ) -> Result<Vec<Point>, tonic::Status> {
+        let mut client = self.client().await.map_err(|error| {
+            tonic::Status::unavailable(format!("{}: cannot connect: {error}", self.id))
+        })?;
+        client
+            .get(ReplicaGetRequest {
+                collection: collection.to_string(),
+                shard,
+                ids: ids.to_vec(),
+                with_vectors: true,
+                with_payloads: true,
+            })
+            .await
+            .map(|response| response.into_inner().points)
     }
 }
 
@@ -264,8 +337,174 @@ impl Cluster {
         self.searchers[index] = searcher;
     }
 
+    /// Starts one more Searcher on the running cluster, `searcher-<N>` with N one past the
+    /// Searchers started so far, with `args` as extra flags; waits until it is ready (it
+    /// registered in etcd and serves) and returns its index in [`Cluster::searchers`].
+    pub fn add_searcher(&mut self, args: &[&str]) -> usize {
+        let id = format!("searcher-{}", self.searchers.len() + 1);
+        let args = args.iter().map(|arg| arg.to_string()).collect();
+        let mut searcher = self.spawn_searcher(&id, args);
+        searcher.address = wait_ready(&ready_file(self.work.path(), &id), &id);
+        self.searchers.push(searcher);
+        self.searchers.len() - 1
+    }
+
+    /// The index in [`Cluster::searchers`] of the Searcher with this id.
+    pub fn searcher_index(&self, id: &str) -> usize {
+        self.searchers
+            .iter()
+            .position(|searcher| searcher.id == id)
+            .unwrap_or_else(|| panic!("no searcher {id} in this cluster"))
+    }
+
+    /// The data directory of the Searcher at `index` (kept across restarts).
+    pub fn searcher_data_dir(&self, index: usize) -> &Path {
+        &self.searchers[index].data_dir
+    }
+
+    /// Where a process of this cluster (`searcher-2`, `merger`, …) writes its log (stderr);
+    /// a restart starts the file anew.
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.work.path().join(format!("{name}.log"))
+    }
+
+    /// The whole log of a process of this cluster ("" before it wrote any).
+    pub fn log_text(&self, name: &str) -> String {
+        std::fs::read_to_string(self.log_path(name)).unwrap_or_default()
+    }
+
     pub async fn client(&self) -> MergerClient<Channel> {
         connect_merger(&self.merger_address).await
+    }
+
+    /// Kills etcd, keeping its data (see [`EtcdServer::stop`]).
+    pub fn etcd_stop(&mut self) {
+        self.etcd.stop();
+    }
+
+    /// Starts etcd again on the same port with the same data (see [`EtcdServer::restart`]);
+    /// returns once it answers.
+    pub fn etcd_restart(&mut self) {
+        self.etcd.restart().expect("restart etcd");
+    }
+
+    /// The JSON value stored at `key`, read with etcdctl; `None` when the key is absent.
+    /// Panics when the value is not JSON, naming the key.
+    pub fn etcd_json(&self, key: &str) -> Option<serde_json::Value> {
+        let text = self.etcdctl(&["get", key, "--print-value-only"]);
+        let text = text.trim();
+        if text.is_empty() {
+            return None;
+        }
+        Some(
+            serde_json::from_str(text)
+                .unwrap_or_else(|error| panic!("{key} holds no JSON ({error}): {text}")),
+        )
+    }
+
+    /// Runs the real `quiverctl` with `args` against this cluster (its Merger through
+    /// `--merger`, its etcd through `QUIVER_ETCD_ENDPOINTS`) and returns what it did; the
+    /// caller asserts on the exit status and output.
+    pub fn quiverctl(&self, args: &[&str]) -> Output {
+        Command::new(binary("quiverctl"))
+            .arg("--merger")
+            .arg(&self.merger_address)
+            .args(args)
+            .env("QUIVER_ETCD_ENDPOINTS", &self.etcd.endpoint)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run quiverctl")
+    }
+
+    /// Waits until every replica of `collection` that a running Searcher hosts is ACTIVE and
+    /// has applied exactly what its shard's primary has (same `applied_seq`, same epoch),
+    /// each shard has exactly one PRIMARY — the one its etcd assignment names — and at least
+    /// `replicas_per_shard` such replicas, as each Searcher's own `ReplicaStatus` reports.
+    /// Returns, per shard, `(searcher id, replica)` for every replica, the primary first.
+    /// Panics after `timeout`, saying which replica was behind and by how much.
+    pub async fn wait_caught_up(
+        &self,
+        collection: &str,
+        replicas_per_shard: usize,
+        timeout: Duration,
+    ) -> BTreeMap<u32, Vec<(String, HostedReplica)>> {
+        wait_for(
+            timeout,
+            &format!("every replica of {collection} to catch up with its primary"),
+            async || self.caught_up(collection, replicas_per_shard).await,
+        )
+        .await
+    }
+
+    async fn caught_up(
+        &self,
+        collection: &str,
+        replicas_per_shard: usize,
+    ) -> Result<BTreeMap<u32, Vec<(String, HostedReplica)>>, String> {
+        let record = self
+            .etcd_json(&format!("/quiver/collections/{collection}"))
+            .ok_or_else(|| format!("no collection {collection} in etcd"))?;
+        let num_shards = record["num_shards"]
+            .as_u64()
+            .ok_or_else(|| format!("collection record without num_shards: {record}"))?
+            as u32;
+        let mut shards: BTreeMap<u32, Vec<(String, HostedReplica)>> =
+            (0..num_shards).map(|shard| (shard, Vec::new())).collect();
+        for searcher in self
+            .searchers
+            .iter()
+            .filter(|searcher| searcher.is_running())
+        {
+            for replica in searcher.replica_status(collection).await? {
+                shards
+                    .entry(replica.shard)
+                    .or_default()
+                    .push((searcher.id.clone(), replica));
+            }
+        }
+        for (shard, replicas) in &mut shards {
+            let assignment = self
+                .etcd_json(&format!("/quiver/assignments/{collection}/{shard}"))
+                .ok_or_else(|| format!("no assignment for shard {shard}"))?;
+            let assigned_primary = assignment["primary"].as_str().unwrap_or_default();
+            let primaries: Vec<&String> = replicas
+                .iter()
+                .filter(|(_, replica)| replica.role == ReplicaRole::Primary as i32)
+                .map(|(id, _)| id)
+                .collect();
+            if primaries.len() != 1 || primaries[0] != assigned_primary {
+                return Err(format!(
+                    "shard {shard}: replicas reporting PRIMARY {primaries:?}, assignment {assignment}"
+                ));
+            }
+            replicas.sort_by_key(|(id, replica)| {
+                (replica.role != ReplicaRole::Primary as i32, id.clone())
+            });
+            let (_, primary) = &replicas[0];
+            let (primary_seq, primary_epoch) = (primary.applied_seq, primary.epoch);
+            for (id, replica) in replicas.iter() {
+                if replica.state != ReplicaState::Active as i32
+                    || replica.applied_seq != primary_seq
+                    || replica.epoch != primary_epoch
+                {
+                    return Err(format!(
+                        "shard {shard}: {id} is {:?} at seq {} epoch {} ({:?}); primary {assigned_primary} at seq {primary_seq} epoch {primary_epoch}",
+                        ReplicaState::try_from(replica.state).unwrap_or(ReplicaState::Unspecified),
+                        replica.applied_seq,
+                        replica.epoch,
+                        ReplicaRole::try_from(replica.role).unwrap_or(ReplicaRole::Unspecified),
+                    ));
+                }
+            }
+            if replicas.len() < replicas_per_shard {
+                return Err(format!(
+                    "shard {shard}: {} replicas on running searchers ({:?}), want {replicas_per_shard}",
+                    replicas.len(),
+                    replicas.iter().map(|(id, _)| id).collect::<Vec<_>>()
+                ));
+            }
+        }
+        Ok(shards)
     }
 
     /// Runs the real `etcdctl` against this cluster's etcd and returns its stdout.
@@ -326,6 +565,26 @@ pub async fn connect_merger(address: &str) -> MergerClient<Channel> {
         .max_encoding_message_size(quiver_proto::MAX_MESSAGE_BYTES)
 }
 
+/// A client of the Searcher at `address` (`http://host:port`, or bare `host:port`).
+pub async fn connect_searcher(
+    address: &str,
+) -> Result<SearcherClient<Channel>, tonic::transport::Error> {
+    let address = if address.starts_with("http://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    let channel = Channel::from_shared(address)
+        .expect("searcher address")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await?;
+    Ok(SearcherClient::new(channel)
+        .max_decoding_message_size(quiver_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(quiver_proto::MAX_MESSAGE_BYTES))
+}
+
 /// The value of an unlabelled Prometheus counter or gauge that the service at `address`
 /// serves at `/metrics` (0 when it has not been touched yet).
 pub fn metric_value(address: &str, name: &str) -> f64 {
@@ -379,6 +638,27 @@ pub async fn eventually<T>(
         assert!(
             Instant::now() < deadline,
             "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls `check` until it returns `Ok` or `timeout` passes; then panics with `what` and the
+/// last `Err` it gave, so a failure says what was seen, not only what was awaited.
+pub async fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(value) => return value,
+            Err(reason) => reason,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; last seen: {last}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -563,4 +843,116 @@ pub fn http_get(address: &str, path: &str) -> (String, String) {
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     let status = head.lines().next().unwrap_or_default().to_string();
     (status, body.to_string())
+}
+
+/// Searches without pause from background tasks, each answer compared exactly with a
+/// reference answer (see [`reference_results`]): any failure, partial answer or difference
+/// is recorded with when it happened. For "searches stay exact while …" tests.
+pub struct SearchLoad {
+    stop: Arc<AtomicBool>,
+    searches: Arc<AtomicUsize>,
+    problems: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SearchLoad {
+    /// Starts `streams` clients of the Merger at `merger_address`, each cycling through
+    /// `queries` (k = the reference's length) on `collection`.
+    pub async fn start(
+        merger_address: &str,
+        collection: &str,
+        queries: &quiver_index::dataset::Vectors,
+        reference: Vec<quiver_proto::v1::QueryResult>,
+        streams: usize,
+    ) -> SearchLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let searches = Arc::new(AtomicUsize::new(0));
+        let problems: Arc<Mutex<Vec<String>>> = Arc::default();
+        let reference = Arc::new(reference);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for stream in 0..streams {
+            let mut client = connect_merger(merger_address).await;
+            let queries = queries.clone();
+            let collection = collection.to_string();
+            let (stop, searches, problems, reference) = (
+                Arc::clone(&stop),
+                Arc::clone(&searches),
+                Arc::clone(&problems),
+                Arc::clone(&reference),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut row = stream;
+                while !stop.load(Ordering::SeqCst) {
+                    row = (row + 1) % queries.len();
+                    let expected = &reference[row];
+                    let mut request =
+                        search_request(&collection, queries.row(row), expected.neighbors.len() as u32);
+                    request.timeout_ms = 5000;
+                    let problem = match client.search(request).await {
+                        Ok(response) => {
+                            let response = response.into_inner();
+                            if response.partial {
+                                Some(format!("query {row}: partial answer {:?}", response.shards))
+                            } else if response.results.first() != Some(expected) {
+                                Some(format!(
+                                    "query {row}: results differ from the reference: got {:?}, want {:?}",
+                                    response.results.first().map(id_scores),
+                                    id_scores(expected)
+                                ))
+                            } else {
+                                None
+                            }
+                        }
+                        Err(status) => Some(format!("query {row} failed: {status:?}")),
+                    };
+                    if let Some(problem) = problem {
+                        problems
+                            .lock()
+                            .unwrap()
+                            .push(format!("at {:?}: {problem}", started.elapsed()));
+                    }
+                    searches.fetch_add(1, Ordering::SeqCst);
+                    // A short pause leaves the 2-core machine to the cluster under test.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }));
+        }
+        SearchLoad {
+            stop,
+            searches,
+            problems,
+            tasks,
+        }
+    }
+
+    /// Searches finished so far.
+    pub fn searches(&self) -> usize {
+        self.searches.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `more` searches finished after this call (or panics after `timeout`), so a
+    /// test knows the load really ran through a phase.
+    pub async fn wait_for_more(&self, more: usize, timeout: Duration) {
+        let target = self.searches() + more;
+        wait_for(timeout, &format!("{more} more searches"), async || {
+            let done = self.searches();
+            if done >= target {
+                Ok(())
+            } else {
+                Err(format!("{done} of {target} searches done"))
+            }
+        })
+        .await;
+    }
+
+    /// Stops the load and returns (searches done, problems seen).
+    pub async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for task in self.tasks {
+            task.await.expect("search task");
+        }
+        let problems = std::mem::take(&mut *self.problems.lock().unwrap());
+        (self.searches.load(Ordering::SeqCst), problems)
+    }
 }
