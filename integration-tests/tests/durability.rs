@@ -725,7 +725,7 @@ async fn write_batches(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corrupt_log_record_without_a_peer_fails_the_replica_and_is_quarantined() {
+async fn a_corrupt_log_record_without_a_peer_fails_the_replica_and_keeps_its_files() {
     let mut cluster = Cluster::start(1, 10).await;
     let mut client = cluster.client().await;
     client
@@ -770,7 +770,17 @@ async fn a_corrupt_log_record_without_a_peer_fails_the_replica_and_is_quarantine
     .await;
     println!("{key}: {record}");
     assert_logged_corruption(&cluster, "searcher-1", &corruption);
-    assert_quarantined(&data_dir, &corruption);
+    // With no other copy of the shard, its only files stay exactly where they are, for an
+    // operator: nothing is moved, truncated or replaced by an empty replica.
+    assert_eq!(
+        std::fs::read(&corruption.segment).expect("the damaged segment is still in place"),
+        corruption.damaged,
+        "the damaged segment changed"
+    );
+    assert!(
+        list_files(&data_dir.join("quarantine")).is_empty(),
+        "nothing is quarantined without a peer to rebuild from"
+    );
 
     // No other copy has the shard: it fails rather than serving incomplete data, while the
     // undamaged shard answers.

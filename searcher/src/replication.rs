@@ -505,13 +505,24 @@ impl Replicator {
             .await
             .map_err(|status| status_error("PullLog", status))?
             .into_inner();
-        if response.snapshot_required
-            || (counters.applied_seq == 0 && response.source_applied_seq > 0)
-        {
-            if response.snapshot_required {
-                tracing::warn!(%collection, shard, %primary, reason = %response.reason, "starting over from a peer's snapshot");
-            }
+        if response.snapshot_required {
+            tracing::warn!(%collection, shard, %primary, reason = %response.reason, "starting over from a peer's snapshot");
             self.copy_from_peer(collection, shard, assignment).await?;
+            return Ok(true);
+        }
+        // A new replica starts from a peer's snapshot rather than replaying the shard's
+        // whole history; when no peer has data yet, the log is all there is.
+        if counters.applied_seq == 0
+            && response.source_applied_seq > 0
+            && response
+                .records
+                .first()
+                .is_some_and(|record| record.seq == 1)
+            && self
+                .copy_from_peer(collection, shard, assignment)
+                .await
+                .is_ok()
+        {
             return Ok(true);
         }
         let progressed = !response.records.is_empty();
@@ -549,21 +560,25 @@ impl Replicator {
     ) -> Result<()> {
         let me = self.node.id();
         let state = self.view.current();
-        let mut sources: Vec<&String> = assignment
+        // The ACTIVE voting replica that applied the most, a non-primary on a tie to spare
+        // the primary; an empty peer has nothing worth copying.
+        let source = assignment
             .replicas
             .iter()
-            .filter(|id| id.as_str() != me)
-            .filter(|id| {
-                state
-                    .replica(collection, shard, id)
-                    .is_some_and(|record| record.state == ReplicaPhase::Active)
+            .filter(|id| id.as_str() != me && state.searchers.contains_key(*id))
+            .filter_map(|id| {
+                let record = state.replica(collection, shard, id)?;
+                (record.state == ReplicaPhase::Active && record.applied_seq > 0).then_some((
+                    record.applied_seq,
+                    id.as_str() != assignment.primary(),
+                    id,
+                ))
             })
-            .collect();
-        // Non-primaries first; the primary is the fallback.
-        sources.sort_by_key(|id| id.as_str() == assignment.primary());
-        let Some(source) = sources.first().map(|id| id.to_string()) else {
+            .max()
+            .map(|(_, _, id)| id.clone());
+        let Some(source) = source else {
             return Err(Error::Internal(
-                "no ACTIVE peer to copy a snapshot from".into(),
+                "no ACTIVE peer with data to copy a snapshot from".into(),
             ));
         };
         self.copy_from(collection, shard, &source).await

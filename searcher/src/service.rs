@@ -289,7 +289,10 @@ impl SearcherNode {
             });
         };
         match (&hosted.phase, &hosted.replica) {
-            (ReplicaPhase::Active, Some(replica)) => Ok(Arc::clone(replica)),
+            // A DRAINING replica still answers what Mergers routed before they saw it go.
+            (ReplicaPhase::Active | ReplicaPhase::Draining, Some(replica)) => {
+                Ok(Arc::clone(replica))
+            }
             (phase, _) => Err(Error::ReplicaNotReady {
                 collection: collection.to_string(),
                 shard,
