@@ -263,8 +263,11 @@ impl Cluster {
             cluster.searchers.push(searcher);
         }
         for searcher in &mut cluster.searchers {
-            searcher.address =
-                wait_ready(&ready_file(cluster.work.path(), &searcher.id), &searcher.id);
+            searcher.address = wait_ready(
+                &ready_file(cluster.work.path(), &searcher.id),
+                &searcher.id,
+                searcher.child.as_mut(),
+            );
         }
         let args: Vec<&str> = options.merger_args.iter().map(String::as_str).collect();
         let merger = cluster.start_merger("merger", &args);
@@ -297,7 +300,7 @@ impl Cluster {
             address: String::new(),
             child: Some(child),
         };
-        merger.address = wait_ready(&ready, name);
+        merger.address = wait_ready(&ready, name, merger.child.as_mut());
         merger
     }
 
@@ -333,7 +336,11 @@ impl Cluster {
         let args = self.searchers[index].args.clone();
         self.searchers[index].kill();
         let mut searcher = self.spawn_searcher(&id, args);
-        searcher.address = wait_ready(&ready_file(self.work.path(), &id), &id);
+        searcher.address = wait_ready(
+            &ready_file(self.work.path(), &id),
+            &id,
+            searcher.child.as_mut(),
+        );
         self.searchers[index] = searcher;
     }
 
@@ -344,7 +351,11 @@ impl Cluster {
         let id = format!("searcher-{}", self.searchers.len() + 1);
         let args = args.iter().map(|arg| arg.to_string()).collect();
         let mut searcher = self.spawn_searcher(&id, args);
-        searcher.address = wait_ready(&ready_file(self.work.path(), &id), &id);
+        searcher.address = wait_ready(
+            &ready_file(self.work.path(), &id),
+            &id,
+            searcher.child.as_mut(),
+        );
         self.searchers.push(searcher);
         self.searchers.len() - 1
     }
@@ -607,7 +618,10 @@ fn log_file(work: &Path, name: &str) -> Stdio {
         .unwrap_or_else(|_| Stdio::null())
 }
 
-fn wait_ready(path: &Path, what: &str) -> String {
+/// Waits for a process's ready file and returns what it holds (the address it serves on);
+/// fails at once, with its log, when the process exits first (a flag it does not know, say).
+fn wait_ready(path: &Path, what: &str, mut child: Option<&mut Child>) -> String {
+    let log = path.with_extension("log");
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(text) = std::fs::read_to_string(path) {
@@ -615,9 +629,17 @@ fn wait_ready(path: &Path, what: &str) -> String {
                 return text.trim().to_string();
             }
         }
+        if let Some(status) = child
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
+        {
+            panic!(
+                "{what} exited ({status}) before becoming ready; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
         std::thread::sleep(Duration::from_millis(25));
     }
-    let log = path.with_extension("log");
     panic!(
         "{what} did not become ready within 30s; log:\n{}",
         std::fs::read_to_string(log).unwrap_or_default()
