@@ -12,7 +12,8 @@ use std::{collections::HashMap, time::Duration};
 use quiver_cluster::placement::shard_of;
 use quiver_index::dataset::{self, Vectors};
 use quiver_integration_tests::{
-    collection_config, reference_results, upsert_rows, wait_for, Cluster, SearchLoad,
+    collection_config, reference_results, upsert_rows, wait_for, Cluster, ClusterOptions,
+    SearchLoad,
 };
 use quiver_proto::v1::{self, HostedReplica, ReplicaState};
 use serde_json::Value;
@@ -246,5 +247,93 @@ async fn a_new_searcher_takes_a_fair_share_while_searches_stay_exact() {
     assert!(
         text.contains("moved 0 of 16 replicas (0.0%)"),
         "quiverctl rebalance --dry-run should report nothing left to move, printed: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_searcher_gone_for_good_has_its_replicas_rebuilt_elsewhere() {
+    let (shards, replication_factor) = (4, 2);
+    let mut cluster = Cluster::start_with(
+        ClusterOptions::new(3, 4).merger_args(&["--rebalance-delay-ms", "2000"]),
+    )
+    .await;
+    let mut client = cluster.client().await;
+    client
+        .create_collection(collection_config(
+            "shrink",
+            16,
+            v1::Metric::L2,
+            shards,
+            replication_factor,
+        ))
+        .await
+        .expect("create");
+    let base = dataset::synthetic(600, 16, 111);
+    upsert_rows(&mut client, "shrink", &base, 300).await;
+    let queries = dataset::synthetic(16, 16, 112);
+    let reference = reference_results(&mut client, "shrink", &base, &queries, 10).await;
+    let hosted_by_leaver: Vec<u32> = (0..shards)
+        .filter(|shard| {
+            cluster
+                .etcd_json(&format!("/quiver/assignments/shrink/{shard}"))
+                .is_some_and(|assignment| {
+                    assignment["replicas"]
+                        .as_array()
+                        .is_some_and(|ids| ids.iter().any(|id| id == "searcher-3"))
+                })
+        })
+        .collect();
+    assert!(
+        !hosted_by_leaver.is_empty(),
+        "placement gave searcher-3 no replica of shrink: nothing to rebuild"
+    );
+
+    let load = SearchLoad::start(&cluster.merger_address, "shrink", &queries, reference, 2).await;
+    load.wait_for_more(20, Duration::from_secs(20)).await;
+    let leaver = cluster.searcher_index("searcher-3");
+    let status = cluster.searchers[leaver].terminate(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|status| status.success()),
+        "searcher-3 did not exit 0 after SIGTERM: {status:?}"
+    );
+
+    let assignments = wait_for(
+        Duration::from_secs(60),
+        &format!(
+            "shards {hosted_by_leaver:?} of searcher-3 to be rebuilt: {replication_factor} ACTIVE voting replicas on live searchers"
+        ),
+        async || fully_replicated(&cluster, "shrink", shards, 2, Some("searcher-3")),
+    )
+    .await;
+    println!("assignments after searcher-3 left: {assignments:?}");
+    let replicas = cluster
+        .wait_caught_up(
+            "shrink",
+            replication_factor as usize,
+            Duration::from_secs(30),
+        )
+        .await;
+    load.wait_for_more(20, Duration::from_secs(20)).await;
+    let (searches, problems) = load.finish().await;
+    assert!(
+        problems.is_empty(),
+        "{} of {searches} searches failed or differed while searcher-3's replicas were rebuilt; first: {:?}\nmerger log:\n{}",
+        problems.len(),
+        &problems[..problems.len().min(3)],
+        cluster.log_tail("merger")
+    );
+    assert_replicas_hold_rows(&cluster, "shrink", shards, &base, &replicas).await;
+
+    let record = cluster
+        .etcd_json(REBALANCE_KEY)
+        .unwrap_or_else(|| panic!("no {REBALANCE_KEY} after searcher-3's replicas moved"));
+    assert!(
+        record["finished_at"]
+            .as_str()
+            .is_some_and(|at| !at.is_empty())
+            && record["moves"]
+                .as_array()
+                .is_some_and(|moves| moves.iter().any(|one| one["from"] == "searcher-3")),
+        "the rebalance record does not show a finished move away from searcher-3: {record}"
     );
 }
