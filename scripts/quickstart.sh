@@ -96,6 +96,7 @@ for _ in $(seq 1 50); do
     sleep 0.1
 done
 ctl --etcd-endpoints "$etcd_endpoint" status
+ctl --etcd-endpoints "$etcd_endpoint" rebalance --dry-run
 ctl describe siftsmall
 quiver_log "the cluster state in etcd (etcdctl --endpoints $etcd_endpoint get --prefix /quiver/)"
 etcdctl --endpoints "$etcd_endpoint" get --prefix /quiver/ | paste -d ' ' - - | sed 's/^/  /'

@@ -520,10 +520,29 @@ async fn etcdctl_reads_the_cluster_state_as_json() {
                 let replicas = json["replicas"].as_array().unwrap();
                 assert_eq!(replicas.len(), 2);
                 assert_ne!(replicas[0], replicas[1]);
+                assert_eq!(
+                    json["primary"], replicas[0],
+                    "{key}: the primary is listed first"
+                );
+                assert_eq!(json["epoch"], 1, "{key}");
             }
             "replicas" => {
                 assert_eq!(json["state"], "ACTIVE");
                 assert!(json["point_count"].is_u64() && json["applied_seq"].is_u64());
+                assert_eq!(json["epoch"], 1, "{key}");
+                assert!(
+                    json["role"] == "PRIMARY" || json["role"] == "FOLLOWER",
+                    "{key}: {json}"
+                );
+            }
+            "controller" => {
+                // Only the election key: no Searcher joined or left after the collection.
+                assert_eq!(key, "/quiver/controller/leader");
+                assert!(
+                    json["id"].as_str().unwrap().starts_with("merger-"),
+                    "{json}"
+                );
+                assert!(json["since"].is_string());
             }
             other => panic!("unexpected key kind {other} in {key}"),
         }
