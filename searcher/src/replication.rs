@@ -279,6 +279,8 @@ pub async fn serve_pull(
                 ..PullOutcome::default()
             });
         }
+        // Its log matches ours up to `after_seq`: that much is acknowledged.
+        state.log.record_progress(&request.searcher_id, after_seq);
     }
     let max_records = match request.max_records {
         0 => PULL_MAX_RECORDS,

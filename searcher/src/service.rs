@@ -515,11 +515,9 @@ impl SearcherService for SearcherNode {
             state: "BOOTING",
         })?;
         if !request.recovery {
-            let (_, state, _) =
-                self.primary_replica(&request.collection, request.shard, request.epoch)?;
-            state
-                .log
-                .record_progress(&request.searcher_id, request.after_seq);
+            // Only the current primary serves followers; their acknowledgements are counted
+            // in `serve_pull`, once their log is known to match this one.
+            self.primary_replica(&request.collection, request.shard, request.epoch)?;
         }
         replication::serve_pull(&replica, &slot.state, &request).await
     }
@@ -839,9 +837,17 @@ mod tests {
         // The follower claims sequence 5 of epoch 1; the primary's epoch 1 ends at 1.
         let outcome = node.pull_log(pull(5, 1)).await.unwrap();
         assert!(outcome.snapshot_required.is_some());
+        // Nor does its claim acknowledge a write it cannot hold.
+        let mut write = upsert("b", 1, 2);
+        write.deadline = Some(std::time::Instant::now() + std::time::Duration::from_millis(100));
+        assert_eq!(
+            node.write(write).await.unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
         let fine = node.pull_log(pull(1, 1)).await.unwrap();
         assert!(fine.snapshot_required.is_none());
-        assert!(fine.records.is_empty());
+        let seqs: Vec<u64> = fine.records.iter().map(|record| record.seq).collect();
+        assert_eq!(seqs, vec![2]);
     }
 
     fn request(queries: Vec<Vec<f32>>, shards: Vec<u32>) -> ShardSearch {
