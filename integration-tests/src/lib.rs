@@ -18,7 +18,7 @@
 //! admin CLI, and [`Cluster::log_path`] / [`Cluster::log_text`] give a process's log.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{
@@ -977,4 +977,87 @@ impl SearchLoad {
         let problems = std::mem::take(&mut *self.problems.lock().unwrap());
         (self.searches.load(Ordering::SeqCst), problems)
     }
+}
+
+/// Reads every expected id of every shard straight from each replica in `replicas` (as
+/// [`Cluster::wait_caught_up`] returns them) and panics, listing the damage, unless each
+/// holds exactly the expected vector of every id of its shard and no other point.
+/// `describe(id, held, expected)` words a wrong vector for the failure message.
+pub async fn assert_every_replica_holds(
+    cluster: &Cluster,
+    collection: &str,
+    num_shards: u32,
+    expected: &HashMap<String, Vec<f32>>,
+    replicas: &BTreeMap<u32, Vec<(String, HostedReplica)>>,
+    describe: impl Fn(&str, &[f32], &[f32]) -> String,
+) {
+    let mut damage = Vec::new();
+    let mut checked = 0;
+    for (shard, hosted) in replicas {
+        let mut ids: Vec<String> = expected
+            .keys()
+            .filter(|id| quiver_cluster::shard_of(id, num_shards) == *shard)
+            .cloned()
+            .collect();
+        ids.sort();
+        for (searcher_id, replica) in hosted {
+            let searcher = &cluster.searchers[cluster.searcher_index(searcher_id)];
+            let points = match searcher.replica_get(collection, *shard, &ids).await {
+                Ok(points) => points,
+                Err(status) => {
+                    damage.push(format!(
+                        "{searcher_id} shard {shard}: Get failed: {status:?}"
+                    ));
+                    continue;
+                }
+            };
+            checked += 1;
+            let found: HashMap<&str, &Vec<f32>> = points
+                .iter()
+                .map(|point| (point.id.as_str(), &point.vector))
+                .collect();
+            let missing: Vec<&String> = ids
+                .iter()
+                .filter(|id| !found.contains_key(id.as_str()))
+                .collect();
+            let wrong: Vec<String> = ids
+                .iter()
+                .filter_map(|id| {
+                    let held = found.get(id.as_str())?;
+                    let want = &expected[id];
+                    (*held != want).then(|| describe(id, held, want))
+                })
+                .collect();
+            if !missing.is_empty() {
+                damage.push(format!(
+                    "{searcher_id} shard {shard}: {} of {} ids missing, e.g. {:?}",
+                    missing.len(),
+                    ids.len(),
+                    &missing[..missing.len().min(5)]
+                ));
+            }
+            if !wrong.is_empty() {
+                damage.push(format!(
+                    "{searcher_id} shard {shard}: {} of {} ids hold another vector than expected, e.g. {:?}",
+                    wrong.len(),
+                    ids.len(),
+                    &wrong[..wrong.len().min(5)]
+                ));
+            }
+            if replica.point_count != ids.len() as u64 {
+                damage.push(format!(
+                    "{searcher_id} shard {shard}: reports {} points, {} expected",
+                    replica.point_count,
+                    ids.len()
+                ));
+            }
+        }
+    }
+    assert!(
+        damage.is_empty(),
+        "replicas with lost, stale or extra data ({} problems):\n{}",
+        damage.len(),
+        damage.join("\n")
+    );
+    assert!(checked > 0, "no replica was checked");
 }

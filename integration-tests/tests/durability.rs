@@ -25,12 +25,11 @@ use std::{
 use quiver_cluster::placement::shard_of;
 use quiver_index::dataset;
 use quiver_integration_tests::{
-    collection_config, reference_results, search_request, upsert_rows, wait_for, Cluster,
-    ClusterOptions, SearchLoad,
+    assert_every_replica_holds, collection_config, reference_results, search_request, upsert_rows,
+    wait_for, Cluster, ClusterOptions, SearchLoad,
 };
 use quiver_proto::v1::{
-    self, merger_client::MergerClient, DescribeCollectionRequest, HostedReplica, Point,
-    ReplicaRole, UpsertRequest,
+    self, merger_client::MergerClient, DescribeCollectionRequest, Point, ReplicaRole, UpsertRequest,
 };
 use tonic::{transport::Channel, Code};
 
@@ -259,85 +258,14 @@ impl WriteLoop {
     }
 }
 
-/// Reads every id of every shard straight from each replica in `replicas` (as
-/// [`Cluster::wait_caught_up`] returns them) and panics, listing the damage, unless each
-/// holds exactly the last acknowledged vector of every id of its shard.
-async fn assert_every_replica_holds(
-    cluster: &Cluster,
-    collection: &str,
-    num_shards: u32,
-    truth: &HashMap<String, Vec<f32>>,
-    replicas: &BTreeMap<u32, Vec<(String, HostedReplica)>>,
-) {
-    let mut damage = Vec::new();
-    let mut checked = 0;
-    for (shard, hosted) in replicas {
-        let mut ids: Vec<String> = truth
-            .keys()
-            .filter(|id| shard_of(id, num_shards) == *shard)
-            .cloned()
-            .collect();
-        ids.sort();
-        for (searcher_id, _) in hosted {
-            let searcher = &cluster.searchers[cluster.searcher_index(searcher_id)];
-            let points = match searcher.replica_get(collection, *shard, &ids).await {
-                Ok(points) => points,
-                Err(status) => {
-                    damage.push(format!(
-                        "{searcher_id} shard {shard}: Get failed: {status:?}"
-                    ));
-                    continue;
-                }
-            };
-            checked += 1;
-            let found: HashMap<&str, &Vec<f32>> = points
-                .iter()
-                .map(|point| (point.id.as_str(), &point.vector))
-                .collect();
-            let missing: Vec<&String> = ids
-                .iter()
-                .filter(|id| !found.contains_key(id.as_str()))
-                .collect();
-            let stale: Vec<String> = ids
-                .iter()
-                .filter_map(|id| {
-                    let held = found.get(id.as_str())?;
-                    let want = &truth[id];
-                    (*held != want).then(|| {
-                        let number: usize = id[1..].parse().unwrap();
-                        format!(
-                            "{id} holds round {:?}, last acknowledged round {:?}",
-                            round_of(number, held),
-                            round_of(number, want)
-                        )
-                    })
-                })
-                .collect();
-            if !missing.is_empty() {
-                damage.push(format!(
-                    "{searcher_id} shard {shard}: {} of {} ids missing, e.g. {:?}",
-                    missing.len(),
-                    ids.len(),
-                    &missing[..missing.len().min(5)]
-                ));
-            }
-            if !stale.is_empty() {
-                damage.push(format!(
-                    "{searcher_id} shard {shard}: {} of {} ids hold an older vector than the last acknowledged one, e.g. {:?}",
-                    stale.len(),
-                    ids.len(),
-                    &stale[..stale.len().min(5)]
-                ));
-            }
-        }
-    }
-    assert!(
-        damage.is_empty(),
-        "acknowledged writes lost or stale on {} of the replicas:\n{}",
-        damage.len(),
-        damage.join("\n")
-    );
-    assert!(checked > 0, "no replica was checked");
+/// Words a vector that differs from the last acknowledged one by the rounds they carry.
+fn stale_round(id: &str, held: &[f32], want: &[f32]) -> String {
+    let number: usize = id[1..].parse().unwrap();
+    format!(
+        "{id} holds round {:?}, last acknowledged round {:?}",
+        round_of(number, held),
+        round_of(number, want)
+    )
 }
 
 fn assignment(cluster: &Cluster, collection: &str, shard: u32) -> serde_json::Value {
@@ -417,7 +345,7 @@ async fn a_searcher_sigkilled_during_a_write_stream_loses_no_acknowledged_write(
     let replicas = cluster
         .wait_caught_up("stream", 3, Duration::from_secs(60))
         .await;
-    assert_every_replica_holds(&cluster, "stream", 2, &state.truth, &replicas).await;
+    assert_every_replica_holds(&cluster, "stream", 2, &state.truth, &replicas, stale_round).await;
     assert!(
         state.violations.is_empty(),
         "acknowledgements break the write contract: {:?}",
@@ -521,7 +449,15 @@ async fn killing_a_primary_mid_ingest_promotes_another_and_loses_no_acknowledged
         replica.epoch, new_epoch,
         "the new primary's epoch: {replica:?}"
     );
-    assert_every_replica_holds(&cluster, "failover", 2, &state.truth, &replicas).await;
+    assert_every_replica_holds(
+        &cluster,
+        "failover",
+        2,
+        &state.truth,
+        &replicas,
+        stale_round,
+    )
+    .await;
     assert!(
         state.violations.is_empty(),
         "acknowledgements break the write contract: {:?}",
@@ -898,7 +834,7 @@ async fn a_corrupt_log_record_is_rebuilt_from_a_peer() {
         replicas[&shard].iter().any(|(id, _)| id == "searcher-1"),
         "searcher-1 hosts no replica of shard {shard}: {replicas:?}"
     );
-    assert_every_replica_holds(&cluster, "healed", 2, &written, &replicas).await;
+    assert_every_replica_holds(&cluster, "healed", 2, &written, &replicas, stale_round).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,19 +9,18 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use quiver_cluster::placement::shard_of;
 use quiver_index::dataset::{self, Vectors};
 use quiver_integration_tests::{
-    collection_config, reference_results, upsert_rows, wait_for, Cluster, ClusterOptions,
-    SearchLoad,
+    assert_every_replica_holds, collection_config, reference_results, upsert_rows, wait_for,
+    Cluster, ClusterOptions, SearchLoad,
 };
 use quiver_proto::v1::{self, HostedReplica, ReplicaState};
 use serde_json::Value;
 
 const REBALANCE_KEY: &str = "/quiver/controller/rebalance";
 
-/// Asserts that every replica in `replicas` (as [`Cluster::wait_caught_up`] returns them)
-/// holds exactly the rows of `base` (ids are row numbers) that hash to its shard.
+/// Every replica in `replicas` holds exactly the rows of `base` (ids are row numbers) that
+/// hash to its shard.
 async fn assert_replicas_hold_rows(
     cluster: &Cluster,
     collection: &str,
@@ -29,50 +28,18 @@ async fn assert_replicas_hold_rows(
     base: &Vectors,
     replicas: &std::collections::BTreeMap<u32, Vec<(String, HostedReplica)>>,
 ) {
-    let mut damage = Vec::new();
-    for (shard, hosted) in replicas {
-        let ids: Vec<String> = (0..base.len())
-            .map(|row| row.to_string())
-            .filter(|id| shard_of(id, num_shards) == *shard)
-            .collect();
-        for (searcher_id, replica) in hosted {
-            let searcher = &cluster.searchers[cluster.searcher_index(searcher_id)];
-            let points = match searcher.replica_get(collection, *shard, &ids).await {
-                Ok(points) => points,
-                Err(status) => {
-                    damage.push(format!(
-                        "{searcher_id} shard {shard}: Get failed: {status:?}"
-                    ));
-                    continue;
-                }
-            };
-            let found: HashMap<&str, &Vec<f32>> = points
-                .iter()
-                .map(|point| (point.id.as_str(), &point.vector))
-                .collect();
-            let wrong: Vec<&String> = ids
-                .iter()
-                .filter(|id| {
-                    let row: usize = id.parse().unwrap();
-                    found.get(id.as_str()).map(|vector| vector.as_slice()) != Some(base.row(row))
-                })
-                .collect();
-            if !wrong.is_empty() || replica.point_count != ids.len() as u64 {
-                damage.push(format!(
-                    "{searcher_id} shard {shard}: {} of {} points missing or wrong (e.g. {:?}), point_count {}",
-                    wrong.len(),
-                    ids.len(),
-                    &wrong[..wrong.len().min(5)],
-                    replica.point_count
-                ));
-            }
-        }
-    }
-    assert!(
-        damage.is_empty(),
-        "replicas with wrong data:\n{}",
-        damage.join("\n")
-    );
+    let rows: HashMap<String, Vec<f32>> = (0..base.len())
+        .map(|row| (row.to_string(), base.row(row).to_vec()))
+        .collect();
+    assert_every_replica_holds(
+        cluster,
+        collection,
+        num_shards,
+        &rows,
+        replicas,
+        |id, _, _| id.to_string(),
+    )
+    .await;
 }
 
 /// Every shard's assignment: `replication_factor` voting replicas, none of them `gone`, no
