@@ -1198,7 +1198,7 @@ mod tests {
     /// (routing, load tracking, deadline and hedge timers) adds to one Searcher call over a
     /// bare client call to the same in-process Searcher; see docs/benchmarks.md.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore]
+    #[ignore = "a measurement, not a check"]
     async fn fan_out_overhead_over_a_bare_call() {
         let fixture = Fixture::new(&[("s1", Behaviour::Answer)], &[&["s1"]]).await;
         let address = fixture.view.current().searchers["s1"].address.clone();
