@@ -933,7 +933,8 @@ fn remove_dir_if_exists(dir: &Path) -> Result<()> {
     }
 }
 
-fn storage(path: &Path, source: io::Error) -> Error {
+/// A storage failure at `path`, for every file operation of a replica.
+pub(crate) fn storage(path: &Path, source: io::Error) -> Error {
     Error::Storage {
         path: path.display().to_string(),
         source,

@@ -36,7 +36,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::{
     error::{Error, Result},
     point::PointData,
-    replica::{EpochHistory, Replica, ReplicaConfig, SnapshotInfo},
+    replica::{storage, EpochHistory, Replica, ReplicaConfig, SnapshotInfo},
     service::SearcherNode,
     wal::{WalOp, WalRecord},
 };
@@ -855,7 +855,7 @@ async fn receive_snapshot(
         let needs_open = open.as_ref().is_none_or(|(name, _)| *name != chunk.file);
         if needs_open {
             if let Some((_, mut file)) = open.take() {
-                finish_file(&mut file).await?;
+                finish_file(&mut file, &snapshot_dir).await?;
             }
             let path = snapshot_dir.join(&relative);
             if let Some(parent) = path.parent() {
@@ -876,7 +876,7 @@ async fn receive_snapshot(
         received += chunk.data.len() as u64;
     }
     if let Some((_, mut file)) = open.take() {
-        finish_file(&mut file).await?;
+        finish_file(&mut file, &snapshot_dir).await?;
     }
     let header = header.ok_or_else(|| Error::Internal("snapshot stream had no header".into()))?;
     if received != header.total_bytes {
@@ -903,15 +903,12 @@ async fn receive_snapshot(
     ))
 }
 
-async fn finish_file(file: &mut tokio::fs::File) -> Result<()> {
+async fn finish_file(file: &mut tokio::fs::File, path: &Path) -> Result<()> {
     use tokio::io::AsyncWriteExt;
     file.flush()
         .await
         .and(file.sync_all().await)
-        .map_err(|source| Error::Storage {
-            path: "snapshot file".into(),
-            source,
-        })
+        .map_err(|source| storage(path, source))
 }
 
 /// A peer names files relative to its snapshot; nothing may escape the staging directory.
@@ -926,13 +923,6 @@ fn safe_relative_path(name: &str) -> Result<PathBuf> {
         )));
     }
     Ok(path)
-}
-
-fn storage(path: &Path, source: std::io::Error) -> Error {
-    Error::Storage {
-        path: path.display().to_string(),
-        source,
-    }
 }
 
 #[cfg(test)]

@@ -617,25 +617,18 @@ impl SearcherService for SearcherNode {
 }
 
 fn list_files(dir: &Path, prefix: &str, out: &mut Vec<(String, u64)>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|source| Error::Storage {
-        path: dir.display().to_string(),
-        source,
-    })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| crate::replica::storage(dir, source))?;
     for entry in entries {
-        let entry = entry.map_err(|source| Error::Storage {
-            path: dir.display().to_string(),
-            source,
-        })?;
+        let entry = entry.map_err(|source| crate::replica::storage(dir, source))?;
         let name = entry.file_name().to_string_lossy().to_string();
         let relative = if prefix.is_empty() {
             name
         } else {
             format!("{prefix}/{name}")
         };
-        let metadata = entry.metadata().map_err(|source| Error::Storage {
-            path: entry.path().display().to_string(),
-            source,
-        })?;
+        let metadata = entry
+            .metadata()
+            .map_err(|source| crate::replica::storage(&entry.path(), source))?;
         if metadata.is_dir() {
             list_files(&entry.path(), &relative, out)?;
         } else {
