@@ -221,7 +221,7 @@ async fn approximate_indexes_meet_their_recall_floors_through_the_cluster() {
     );
 
     // SIGKILL both Searchers and bring them back: every replica reopens its index from its
-    // snapshot and log, and answers as well as before.
+    // snapshot and log, and answers at least as well as before.
     cluster.restart_searcher(0);
     cluster.restart_searcher(1);
     // Until the restarted processes re-publish them, etcd still holds the killed ones'
@@ -231,7 +231,10 @@ async fn approximate_indexes_meet_their_recall_floors_through_the_cluster() {
         let deadline = Instant::now() + Duration::from_secs(45);
         loop {
             let last = match try_recall(&mut client, name, &queries, &truth, None).await {
-                Ok(recall) if recall >= *floor && (recall - previous).abs() <= 0.02 => break,
+                // Replaying the log re-inserts points, and FAISS inserts into its HNSW
+                // graph on several threads, so a rebuilt graph (or the other replica's)
+                // can be better than the one measured before; only worse is a defect.
+                Ok(recall) if recall >= *floor && recall >= previous - 0.02 => break,
                 Ok(recall) => format!("recall {recall:.4} after restart, {previous:.4} before"),
                 Err(error) => error,
             };
