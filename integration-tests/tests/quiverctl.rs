@@ -368,8 +368,14 @@ async fn collections_files_search_get_and_delete() {
     assert!(!shards.is_empty());
     for shard in shards {
         assert_eq!(shard["acknowledged_by"][0], shard["primary"], "{deleted}");
-        assert!(shard["seq"].as_u64().unwrap() > 0);
     }
+    // A shard that held none of the ids logs nothing (sequence number 0).
+    assert!(
+        shards
+            .iter()
+            .any(|shard| shard["seq"].as_u64().unwrap() > 0),
+        "{deleted}"
+    );
     let text = ok(&cluster, &["delete", "docs", "b"]);
     assert!(text.starts_with("deleted 1 of 1 ids from docs\n"), "{text}");
     let got = json(&cluster, &["get", "docs", "a", "100", "b", "101"]);

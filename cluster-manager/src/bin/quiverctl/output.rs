@@ -2,7 +2,7 @@
 //! With `--output json` a command prints exactly one JSON document on stdout and nothing
 //! else; progress and warnings always go to stderr.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use quiver_proto::v1::{Metric, ReplicaRole, ReplicaState};
@@ -29,7 +29,7 @@ impl Printer {
     /// Prints `text` in table mode, or `document` in JSON mode (never both).
     pub fn emit(&self, text: &str, document: impl FnOnce() -> serde_json::Value) {
         match self.format {
-            OutputFormat::Table => print!("{text}"),
+            OutputFormat::Table => write_stdout(text),
             OutputFormat::Json => print_json(&document()),
         }
     }
@@ -53,8 +53,8 @@ impl Printer {
         }
         bar.set_draw_target(ProgressDrawTarget::stderr());
         let template = match total {
-            Some(_) => "{msg} [{bar:40.cyan/blue}] {pos}/{len} points ({per_sec}, eta {eta})",
-            None => "{spinner} {msg} {pos} points ({per_sec})",
+            Some(_) => "{msg} [{bar:40.cyan/blue}] {human_pos}/{human_len} points ({eta} left)",
+            None => "{spinner} {msg}: {human_pos} points ({elapsed})",
         };
         if let Ok(style) = ProgressStyle::with_template(template) {
             bar.set_style(style.progress_chars("=> "));
@@ -66,10 +66,25 @@ impl Printer {
 
 pub fn print_json(document: &serde_json::Value) {
     // `to_string_pretty` cannot fail on a `Value`.
-    println!(
-        "{}",
-        serde_json::to_string_pretty(document).unwrap_or_default()
-    );
+    let mut text = serde_json::to_string_pretty(document).unwrap_or_default();
+    text.push('\n');
+    write_stdout(&text);
+}
+
+/// Writes to stdout; a reader that went away (`quiverctl status | head`) ends the program
+/// quietly instead of with a panic.
+fn write_stdout(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {error}");
+        std::process::exit(1);
+    }
 }
 
 /// A text table: columns padded to their widest cell, two spaces apart, numbers right-aligned.

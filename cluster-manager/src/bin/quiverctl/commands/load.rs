@@ -66,7 +66,13 @@ pub async fn run(global: &GlobalOptions, printer: Printer, args: LoadArgs) -> an
     let started = Instant::now();
     let bar = printer.progress(
         source.total,
-        &format!("loading {} into {}", shown_path, args.collection),
+        &format!(
+            "loading {} into {}",
+            args.file.file_name().map_or(shown_path.clone(), |name| name
+                .to_string_lossy()
+                .into_owned()),
+            args.collection
+        ),
     );
     let concurrency = args.concurrency as usize;
     let (sender, mut receiver) = mpsc::channel::<Result<Batch, CliError>>(concurrency);
@@ -118,7 +124,7 @@ pub async fn run(global: &GlobalOptions, printer: Printer, args: LoadArgs) -> an
             replica_write_failures += 1;
             bar.suspend(|| {
                 printer.warn(&format!(
-                    "the replica of shard {} on {} missed a write ({}: {}); it catches up from the primary",
+                    "the replica of shard {} on {} missed a write: {}: {}",
                     failure.shard, failure.searcher_id, failure.code, failure.message
                 ))
             });

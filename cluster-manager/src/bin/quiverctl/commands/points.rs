@@ -152,7 +152,7 @@ pub async fn delete(
         .into_inner();
     for failure in &response.failed_replicas {
         printer.warn(&format!(
-            "the replica of shard {} on {} missed the delete ({}: {}); it catches up from the primary",
+            "the replica of shard {} on {} missed the delete: {}: {}",
             failure.shard, failure.searcher_id, failure.code, failure.message
         ));
     }
