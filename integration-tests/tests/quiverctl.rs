@@ -71,7 +71,7 @@ fn json_error(cluster: &Cluster, args: &[&str]) -> Value {
 fn write_npy(path: &Path, descr: &str, rows: usize, columns: usize, data: Vec<u8>) {
     let mut header =
         format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {columns}), }}");
-    while (10 + header.len() + 1) % 64 != 0 {
+    while (10 + header.len() + 1).checked_rem(64) != Some(0) {
         header.push(' ');
     }
     header.push('\n');

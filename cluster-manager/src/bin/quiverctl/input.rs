@@ -128,7 +128,7 @@ fn fvecs_rows_in(path: &Path, size: u64) -> Option<u64> {
     File::open(path).ok()?.read_exact(&mut first).ok()?;
     let dimension = u32::from_le_bytes(first) as u64;
     let row_bytes = 4 + 4 * dimension;
-    (dimension > 0 && size % row_bytes == 0).then_some(size / row_bytes)
+    (dimension > 0 && size.checked_rem(row_bytes) == Some(0)).then_some(size / row_bytes)
 }
 
 /// `buffer.len()` bytes, or `Ok(false)` at a clean end of file (no byte read).
@@ -542,7 +542,7 @@ pub mod tests {
         let mut header =
             format!("{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {shape}, }}");
         // numpy pads the header with spaces so the data starts on a 64-byte boundary.
-        while (10 + header.len() + 1) % 64 != 0 {
+        while (10 + header.len() + 1).checked_rem(64) != Some(0) {
             header.push(' ');
         }
         header.push('\n');
