@@ -82,9 +82,9 @@ for size in 1 2 3; do
     wait_for_file "$work/merger$size.ready" "merger$size" "$work/logs/merger$size.log"
     merger=$(cat "$work/merger$size.ready")
     quiver_log "cluster $size: $size searcher(s), merger at $merger; loading"
-    "$bin/quiverctl" --merger "$merger" create bench --dimension "$dimension" \
+    "$bin/quiverctl" --merger "$merger" collections create bench --dimension "$dimension" \
         --shards "$shards" --replication-factor 1 >/dev/null
-    "$bin/quiverctl" --merger "$merger" load bench --fvecs "$base" >/dev/null
+    "$bin/quiverctl" --merger "$merger" load bench "$base" >/dev/null
     mergers+=("$merger")
     targets+=(--target "kind=merger,name=merger-$size,searchers=$size,collection=bench,address=$merger")
     if [ "$size" = 1 ]; then
@@ -101,7 +101,7 @@ done
 # Where consistent hashing put the shards (point counts are republished a moment after writes).
 sleep 1
 for merger in "${mergers[@]}"; do
-    "$bin/quiverctl" --merger "$merger" describe bench | sed 's/^/    /' >&2
+    "$bin/quiverctl" --merger "$merger" collections describe bench | sed 's/^/    /' >&2
 done
 
 quiver_log "measuring: concurrency $concurrency, ${duration}s per target, $rounds rounds"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Quiver in one command: installs what is missing, builds release binaries, starts etcd,
-# 3 Searchers and 1 Merger on 127.0.0.1, loads siftsmall (4 shards, replication factor 2),
-# runs its 100 queries, prints the first query's neighbours, recall@10 against the ground
-# truth and the cluster state in etcd, then stops everything it started (also on Ctrl-C).
+# 3 Searchers and 1 Merger on 127.0.0.1, loads siftsmall (4 shards, replication factor 2)
+# with quiverctl, searches with its first query, fetches two points, runs its 100 queries
+# for recall@10 against the ground truth, prints the cluster state in etcd, then stops
+# everything it started (also on Ctrl-C).
 #
 # Environment: QUIVER_DATA (a folder with siftsmall's .fvecs/.ivecs files; default
 # ../shared/data/siftsmall, generated data when absent), QUIVER_KEEP=1 keeps the work
@@ -82,11 +83,15 @@ else
 fi
 
 quiver_log "creating collection siftsmall: 128 dimensions, L2, 4 shards, replication factor 2"
-ctl create siftsmall --dimension 128 --metric l2 --shards 4 --replication-factor 2
-quiver_log "upserting through the merger"
-ctl load siftsmall --fvecs "$base" --batch 1000
-quiver_log "running the queries"
-ctl search siftsmall --queries "$queries" --groundtruth "$truth" --k 10 --show 1
+ctl collections create siftsmall --dimension 128 --metric l2 --shards 4 --replication-factor 2
+quiver_log "loading $(basename "$base") through the merger"
+ctl load siftsmall "$base" --batch 1000
+quiver_log "searching with the first query (quiverctl search siftsmall --query-file ... --row 0)"
+ctl search siftsmall --query-file "$queries" --row 0 -k 5
+quiver_log "fetching two points back by id"
+ctl get siftsmall 0 1
+quiver_log "running all the queries against the ground truth"
+ctl search siftsmall --queries "$queries" --groundtruth "$truth" -k 10 --show 0
 quiver_log "cluster status"
 # Searchers publish their replicas' point counts to etcd a moment after a write (batched,
 # ~300 ms); wait for them so the table below shows what was loaded.
@@ -97,7 +102,7 @@ for _ in $(seq 1 50); do
 done
 ctl --etcd-endpoints "$etcd_endpoint" status
 ctl --etcd-endpoints "$etcd_endpoint" rebalance --dry-run
-ctl describe siftsmall
+ctl collections describe siftsmall
 quiver_log "the cluster state in etcd (etcdctl --endpoints $etcd_endpoint get --prefix /quiver/)"
 etcdctl --endpoints "$etcd_endpoint" get --prefix /quiver/ | paste -d ' ' - - | sed 's/^/  /'
 quiver_log "done; stopping everything this script started"

@@ -422,6 +422,7 @@ impl Cluster {
             .arg(&self.merger_address)
             .args(args)
             .env("QUIVER_ETCD_ENDPOINTS", &self.etcd.endpoint)
+            .env_remove("QUIVER_OUTPUT")
             .stdin(Stdio::null())
             .output()
             .expect("run quiverctl")
