@@ -40,7 +40,8 @@ impl Printer {
     }
 
     /// A progress bar on stderr, hidden in JSON mode and when stderr is not a terminal.
-    /// `total` is the number of points when known (else a spinner that counts).
+    /// `total` is the number of points when known (else a spinner that counts). The bar
+    /// takes the width the terminal leaves, so the line never wraps.
     pub fn progress(&self, total: Option<u64>, what: &str) -> ProgressBar {
         let visible = !self.json() && std::io::stderr().is_terminal();
         let bar = match total {
@@ -53,7 +54,7 @@ impl Printer {
         }
         bar.set_draw_target(ProgressDrawTarget::stderr());
         let template = match total {
-            Some(_) => "{msg} [{bar:40.cyan/blue}] {human_pos}/{human_len} points ({eta} left)",
+            Some(_) => "{msg} [{wide_bar:.cyan/blue}] {human_pos}/{human_len} points ({eta} left)",
             None => "{spinner} {msg}: {human_pos} points ({elapsed})",
         };
         if let Ok(style) = ProgressStyle::with_template(template) {
