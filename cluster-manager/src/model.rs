@@ -333,9 +333,16 @@ mod phase_name_tests {
     #[test]
     fn phase_and_role_names_match_their_json() {
         for phase in ReplicaPhase::ALL {
-            assert_eq!(encode(&phase), format!("\"{}\"", phase.as_str()).into_bytes());
+            assert_eq!(
+                encode(&phase),
+                format!("\"{}\"", phase.as_str()).into_bytes()
+            );
         }
-        for role in [ReplicaRole::Primary, ReplicaRole::Follower, ReplicaRole::Learner] {
+        for role in [
+            ReplicaRole::Primary,
+            ReplicaRole::Follower,
+            ReplicaRole::Learner,
+        ] {
             assert_eq!(encode(&role), format!("\"{}\"", role.as_str()).into_bytes());
         }
     }

@@ -244,7 +244,12 @@ mod tests {
         assert_eq!(generated.len(), 36);
         assert_eq!(response.body().as_deref(), Some(generated.as_str()));
 
-        let response = call(RequestIdLayer::passing(), "/quiver.v1.Searcher/Search", None).await;
+        let response = call(
+            RequestIdLayer::passing(),
+            "/quiver.v1.Searcher/Search",
+            None,
+        )
+        .await;
         assert!(response.headers().get(HEADER).is_none());
         assert_eq!(response.body(), &None);
 

@@ -65,7 +65,10 @@ static SHARD_SEARCH_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
         "Seconds one hosted replica's index took to answer the queries of one search call, \
          by collection and shard.",
         &["collection", "shard"],
-        vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]
+        vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            5.0
+        ]
     )
     .expect("metric registers once")
 });
@@ -79,9 +82,11 @@ static SEARCH_SHARDS: LazyLock<Histogram> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// (collection, shard) → the (state, role) labels of its state series.
+type StateLabels = HashMap<(String, u32), (String, String)>;
+
 /// The (state, role) series each replica has, to drop it when either changes.
-static PUBLISHED_STATES: LazyLock<Mutex<HashMap<(String, u32), (String, String)>>> =
-    LazyLock::new(Mutex::default);
+static PUBLISHED_STATES: LazyLock<Mutex<StateLabels>> = LazyLock::new(Mutex::default);
 
 /// Creates every series that does not depend on a request or a replica, at zero, so that
 /// they exist from the start.
@@ -126,8 +131,7 @@ pub fn set_replica_state(
     let mut published = PUBLISHED_STATES
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some((state, role)) = published.insert((collection.to_string(), shard), labels.clone())
-    {
+    if let Some((state, role)) = published.insert((collection.to_string(), shard), labels.clone()) {
         if (state.as_str(), role.as_str()) != (labels.0.as_str(), labels.1.as_str()) {
             let _ = REPLICA_STATE.remove_label_values(&[collection, &shard_label, &state, &role]);
         }

@@ -151,8 +151,8 @@ mod tests {
             .unwrap_err()
             .contains("not registered"));
         for phase in [Booting, Draining, Failed] {
-            let reason = check(&state(&[(0, Active), (1, phase), (2, Active)], true), "s1")
-                .unwrap_err();
+            let reason =
+                check(&state(&[(0, Active), (1, phase), (2, Active)], true), "s1").unwrap_err();
             assert_eq!(reason, format!("replica docs/1 is {}", phase.as_str()));
         }
         assert!(check(&state(&[(0, Active), (1, Active)], true), "s1")
