@@ -654,3 +654,58 @@ async fn readiness_waits_for_every_assigned_replica_to_be_active() {
     );
     wait_readiness(&first, "quiver.v1.Searcher", ServingStatus::Serving).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_session_gauges_follow_an_etcd_outage() {
+    let mut cluster = Cluster::start(1, 4).await;
+    let searcher = cluster.searchers[0].address.clone();
+    let session = |address: &str, session: &str| {
+        let page = scrape(address);
+        (
+            page.get(&series("quiver_etcd_session_up", &[("session", session)]))
+                .copied(),
+            page.get(&series(
+                "quiver_etcd_session_reconnects_total",
+                &[("session", session)],
+            ))
+            .copied(),
+        )
+    };
+    assert_eq!(session(&searcher, "lease"), (Some(1.0), Some(0.0)));
+    assert_eq!(session(&searcher, "watch"), (Some(1.0), Some(0.0)));
+    assert_eq!(
+        session(&cluster.merger_address, "watch"),
+        (Some(1.0), Some(0.0))
+    );
+
+    cluster.etcd_stop();
+    wait_for(PATIENCE, "the sessions to read down", async || {
+        let seen = (
+            session(&searcher, "lease"),
+            session(&cluster.merger_address, "watch"),
+        );
+        if seen.0 .0 == Some(0.0) && seen.1 .0 == Some(0.0) {
+            Ok(())
+        } else {
+            Err(format!("searcher lease, merger watch: {seen:?}"))
+        }
+    })
+    .await;
+    cluster.etcd_restart();
+    wait_for(PATIENCE, "the sessions to come back, counted", async || {
+        let seen = (
+            session(&searcher, "lease"),
+            session(&cluster.merger_address, "watch"),
+        );
+        let (merger_up, merger_reconnects) = seen.1;
+        if seen.0 .0 == Some(1.0)
+            && merger_up == Some(1.0)
+            && merger_reconnects.is_some_and(|count| count >= 1.0)
+        {
+            Ok(())
+        } else {
+            Err(format!("searcher lease, merger watch: {seen:?}"))
+        }
+    })
+    .await;
+}
