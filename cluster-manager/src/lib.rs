@@ -10,7 +10,9 @@
 //! - [`election`]: leader election among the Mergers on plain etcd RPCs.
 //! - [`rebalance`]: pure planning of each shard's next step towards its target placement.
 //! - [`controller`]: the placement controller the elected Merger runs.
-//! - [`telemetry`]: logging set-up and the stop signal shared by the binaries.
+//! - [`telemetry`]: logging, `/metrics`, `/ready`, readiness and the stop signal shared by
+//!   the binaries.
+//! - [`request_id`]: the `x-request-id` carried from the Merger to the Searchers.
 //! - [`testing`]: a throw-away real etcd for tests (this crate's and others').
 //!
 //! Desired state (collections, assignments) is persistent; live state (searchers, replica
@@ -26,6 +28,7 @@ mod metrics;
 pub mod model;
 pub mod placement;
 pub mod rebalance;
+pub mod request_id;
 pub mod store;
 pub mod telemetry;
 pub mod testing;

@@ -20,6 +20,7 @@ use tokio::{task::JoinHandle, time::Instant};
 
 use crate::{
     keys::validate_name,
+    metrics::Session,
     model::{encode, SearcherRecord},
     store::{Compare, LeaseId, MetadataStore, Op},
     Error, KeySchema, Result,
@@ -190,6 +191,7 @@ impl Registration {
                 leased: BTreeMap::new(),
             }),
         });
+        crate::metrics::set_session_up(Session::Lease, true);
         let keeper = tokio::spawn(keep_alive_loop(inner.clone()));
         Ok(Registration { inner, keeper })
     }
@@ -252,6 +254,7 @@ impl Registration {
         // Wait for the task to be gone so it cannot re-register behind our back.
         let _ = (&mut self.keeper).await;
         let state = self.inner.state.lock().await;
+        crate::metrics::set_session_up(Session::Lease, false);
         self.inner.store.revoke_lease(state.lease).await?;
         tracing::info!(
             searcher_id = %self.inner.record.id,
@@ -280,6 +283,8 @@ impl Inner {
         }
         state.lease = new_lease;
         self.lease_id.store(new_lease, Ordering::Release);
+        crate::metrics::session_reconnected(Session::Lease);
+        crate::metrics::set_session_up(Session::Lease, true);
         // If the old lease is in fact still alive (keep-alives failed only on our side), its
         // keys now belong to the new one; revoking it just stops it lingering.
         revoke_quietly(self.store.as_ref(), old_lease).await;
@@ -376,9 +381,11 @@ async fn keep_alive_loop(inner: Arc<Inner>) {
         let lost = match inner.store.keep_alive(lease).await {
             Ok(remaining) if remaining > 0 => {
                 last_success = Instant::now();
+                crate::metrics::set_session_up(Session::Lease, true);
                 false
             }
             Ok(remaining) => {
+                crate::metrics::set_session_up(Session::Lease, false);
                 tracing::warn!(
                     searcher_id = %inner.record.id,
                     lease,
@@ -388,6 +395,7 @@ async fn keep_alive_loop(inner: Arc<Inner>) {
                 true
             }
             Err(error) => {
+                crate::metrics::set_session_up(Session::Lease, false);
                 let failing_for = last_success.elapsed();
                 // Past the TTL without a successful keep-alive, etcd has dropped the lease
                 // (or will before we can reach it): act as if it is gone.

@@ -1,11 +1,16 @@
-//! The placement controller's Prometheus metrics, in the default registry (served by each
-//! Merger at `/metrics`, see [`crate::telemetry::with_metrics_route`]).
+//! The Prometheus metrics of this library, in the default registry (served by each process
+//! at `/metrics`, see [`crate::telemetry::with_metrics_route`]): the placement controller's
+//! (in Mergers) and the etcd session's (in both services).
+//!
+//! The etcd session metrics are named `quiver_etcd_*`, not `quiver_<service>_*`: the same
+//! library code runs in both services, and the scrape's `job`/`instance` labels say which
+//! process a series comes from.
 
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_int_counter, register_int_counter_vec, register_int_gauge, IntCounter, IntCounterVec,
-    IntGauge,
+    register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 use crate::rebalance::ChangeKind;
@@ -63,4 +68,55 @@ pub(crate) fn write_conflict() {
 
 pub(crate) fn set_pending_shards(count: usize) {
     PENDING_SHARDS.set(count as i64);
+}
+
+/// The etcd sessions a process holds: `watch` (the cluster view's watch, both services) and
+/// `lease` (a Searcher's registration lease and its keep-alive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Session {
+    Watch,
+    Lease,
+}
+
+impl Session {
+    fn as_str(self) -> &'static str {
+        match self {
+            Session::Watch => "watch",
+            Session::Lease => "lease",
+        }
+    }
+}
+
+static SESSION_UP: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "quiver_etcd_session_up",
+        "1 while this process's etcd session is healthy (watch: the cluster view's watch is \
+         delivering; lease: the last keep-alive succeeded), else 0.",
+        &["session"]
+    )
+    .expect("metric registers once")
+});
+
+static SESSION_RECONNECTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "quiver_etcd_session_reconnects_total",
+        "Times this process re-established an etcd session after losing it (watch: listed \
+         and watched again after the watch broke; lease: re-registered under a new lease).",
+        &["session"]
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) fn set_session_up(session: Session, up: bool) {
+    SESSION_UP
+        .with_label_values(&[session.as_str()])
+        .set(i64::from(up));
+    // The counter exists from the session's start, at zero.
+    SESSION_RECONNECTS.with_label_values(&[session.as_str()]);
+}
+
+pub(crate) fn session_reconnected(session: Session) {
+    SESSION_RECONNECTS
+        .with_label_values(&[session.as_str()])
+        .inc();
 }

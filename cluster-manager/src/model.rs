@@ -112,7 +112,9 @@ pub enum ReplicaRole {
 }
 
 /// Where a replica is in its life, as its Searcher reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ReplicaPhase {
     /// Loading or building its index, or catching up with its primary; not yet searchable.
@@ -124,6 +126,36 @@ pub enum ReplicaPhase {
     Draining,
     /// Its files could not be opened (see `ReplicaRecord::error`); not serving.
     Failed,
+}
+
+impl ReplicaRole {
+    /// The name etcd's JSON and the metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaRole::Primary => "PRIMARY",
+            ReplicaRole::Follower => "FOLLOWER",
+            ReplicaRole::Learner => "LEARNER",
+        }
+    }
+}
+
+impl ReplicaPhase {
+    pub const ALL: [ReplicaPhase; 4] = [
+        ReplicaPhase::Booting,
+        ReplicaPhase::Active,
+        ReplicaPhase::Draining,
+        ReplicaPhase::Failed,
+    ];
+
+    /// The name etcd's JSON and the metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaPhase::Booting => "BOOTING",
+            ReplicaPhase::Active => "ACTIVE",
+            ReplicaPhase::Draining => "DRAINING",
+            ReplicaPhase::Failed => "FAILED",
+        }
+    }
 }
 
 /// `replicas/<collection>/<shard>/<searcher>`: one replica's reported status, under its
@@ -291,5 +323,27 @@ mod tests {
         let stamp = now_rfc3339();
         humantime::parse_rfc3339(&stamp).unwrap();
         assert!(stamp.ends_with('Z'), "{stamp}");
+    }
+}
+
+#[cfg(test)]
+mod phase_name_tests {
+    use super::*;
+
+    #[test]
+    fn phase_and_role_names_match_their_json() {
+        for phase in ReplicaPhase::ALL {
+            assert_eq!(
+                encode(&phase),
+                format!("\"{}\"", phase.as_str()).into_bytes()
+            );
+        }
+        for role in [
+            ReplicaRole::Primary,
+            ReplicaRole::Follower,
+            ReplicaRole::Learner,
+        ] {
+            assert_eq!(encode(&role), format!("\"{}\"", role.as_str()).into_bytes());
+        }
     }
 }

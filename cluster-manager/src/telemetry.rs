@@ -54,6 +54,109 @@ pub fn with_metrics_route(routes: tonic::service::Routes) -> tonic::service::Rou
     tonic::service::Routes::from(router)
 }
 
+/// [`with_metrics_route`] plus `GET /live` (200 while the process answers) and `GET /ready`
+/// (200 or 503 as `readiness` says), each with a one-line plain-text reason: for curl and
+/// for HTTP probes, next to the gRPC health service that says the same.
+pub fn with_http_routes(
+    routes: tonic::service::Routes,
+    readiness: Readiness,
+) -> tonic::service::Routes {
+    let router = with_metrics_route(routes)
+        .into_axum_router()
+        .route("/live", axum::routing::get(|| async { "live\n" }))
+        .route(
+            "/ready",
+            axum::routing::get(move || {
+                let (ready, reason) = readiness.get();
+                async move {
+                    if ready {
+                        (axum::http::StatusCode::OK, format!("ready: {reason}\n"))
+                    } else {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {reason}\n"),
+                        )
+                    }
+                }
+            }),
+        );
+    tonic::service::Routes::from(router)
+}
+
+/// Whether a process should get traffic, and why (not). Every change is mirrored into the
+/// standard gRPC health service under the process's service name (what Kubernetes' gRPC
+/// probes ask) and served at `GET /ready` (see [`with_http_routes`]). The empty service
+/// name `""` is left SERVING for liveness.
+#[derive(Clone)]
+pub struct Readiness {
+    inner: std::sync::Arc<ReadinessInner>,
+}
+
+struct ReadinessInner {
+    state: std::sync::Mutex<(bool, String)>,
+    health: tonic_health::server::HealthReporter,
+    service_name: String,
+}
+
+impl Readiness {
+    /// Starts not ready with `reason`, and says so to the health service.
+    pub async fn new(
+        health: tonic_health::server::HealthReporter,
+        service_name: &str,
+        reason: &str,
+    ) -> Readiness {
+        health
+            .set_service_status(service_name, tonic_health::ServingStatus::NotServing)
+            .await;
+        Readiness {
+            inner: std::sync::Arc::new(ReadinessInner {
+                state: std::sync::Mutex::new((false, reason.to_string())),
+                health,
+                service_name: service_name.to_string(),
+            }),
+        }
+    }
+
+    /// Whether it is ready, and why (not).
+    pub fn get(&self) -> (bool, String) {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Records the new readiness; a change of ready/not ready is logged and sent to the
+    /// health service, a change of reason alone only updates `/ready`.
+    pub async fn set(&self, ready: bool, reason: impl Into<String>) {
+        let reason = reason.into();
+        let flipped = {
+            let mut state = self
+                .inner
+                .state
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let flipped = state.0 != ready;
+            *state = (ready, reason.clone());
+            flipped
+        };
+        if !flipped {
+            return;
+        }
+        let status = if ready {
+            tracing::info!(service = %self.inner.service_name, %reason, "ready");
+            tonic_health::ServingStatus::Serving
+        } else {
+            tracing::info!(service = %self.inner.service_name, %reason, "not ready");
+            tonic_health::ServingStatus::NotServing
+        };
+        self.inner
+            .health
+            .set_service_status(&self.inner.service_name, status)
+            .await;
+    }
+}
+
 async fn render_metrics() -> impl axum::response::IntoResponse {
     use prometheus::Encoder;
     let encoder = prometheus::TextEncoder::new();
@@ -70,8 +173,8 @@ async fn render_metrics() -> impl axum::response::IntoResponse {
     )
 }
 
-/// Per-method request count (by final gRPC code) and latency of one service, recorded by
-/// its gRPC adapter around every call.
+/// Per-method request count and latency of one service, both by final gRPC code, recorded
+/// by its gRPC adapter around every call.
 pub struct RequestMetrics {
     requests: prometheus::IntCounterVec,
     seconds: prometheus::HistogramVec,
@@ -79,21 +182,29 @@ pub struct RequestMetrics {
 
 impl RequestMetrics {
     /// Registers `quiver_<service>_requests_total{method,code}` and
-    /// `quiver_<service>_request_duration_seconds{method}` in the default registry.
-    pub fn register(service: &str, buckets: Vec<f64>) -> RequestMetrics {
+    /// `quiver_<service>_request_duration_seconds{method,code}` in the default registry,
+    /// with the `OK` series of every method in `methods` present (at zero) from the start.
+    pub fn register(service: &str, buckets: Vec<f64>, methods: &[&str]) -> RequestMetrics {
         let requests = prometheus::register_int_counter_vec!(
             format!("quiver_{service}_requests_total"),
-            format!("{service} requests by method and gRPC code."),
+            format!("{service} gRPC requests served, by method and final gRPC code."),
             &["method", "code"]
         )
         .expect("request metrics register once per service");
         let seconds = prometheus::register_histogram_vec!(
             format!("quiver_{service}_request_duration_seconds"),
-            format!("{service} request latency by method."),
-            &["method"],
+            format!(
+                "{service} gRPC request latency in seconds, from the call reaching the \
+                 service to its answer, by method and final gRPC code."
+            ),
+            &["method", "code"],
             buckets
         )
         .expect("request metrics register once per service");
+        for method in methods {
+            requests.with_label_values(&[method, "OK"]);
+            seconds.with_label_values(&[method, "OK"]);
+        }
         RequestMetrics { requests, seconds }
     }
 
@@ -108,12 +219,18 @@ impl RequestMetrics {
             Ok(_) => tonic::Code::Ok,
             Err(status) => status.code(),
         };
-        self.requests
-            .with_label_values(&[method, quiver_proto::code_name(code)])
-            .inc();
+        let code = quiver_proto::code_name(code);
+        let elapsed = started.elapsed();
+        self.requests.with_label_values(&[method, code]).inc();
         self.seconds
-            .with_label_values(&[method])
-            .observe(started.elapsed().as_secs_f64());
+            .with_label_values(&[method, code])
+            .observe(elapsed.as_secs_f64());
+        tracing::debug!(
+            method,
+            code,
+            latency_us = elapsed.as_micros() as u64,
+            "request served"
+        );
         result
     }
 }

@@ -13,6 +13,7 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
     keys::Key,
+    metrics::{self, Session},
     model::{
         decode, AssignmentRecord, CollectionRecord, ReplicaPhase, ReplicaRecord, SearcherRecord,
     },
@@ -214,6 +215,7 @@ impl ClusterView {
             "cluster view listed"
         );
         let (sender, receiver) = watch::channel(Arc::new(state));
+        metrics::set_session_up(Session::Watch, true);
         let task = tokio::spawn(follow(store, schema, sender));
         Ok(ClusterView {
             shared: Arc::new(Shared { receiver, task }),
@@ -276,10 +278,12 @@ async fn follow(
     let mut backoff = INITIAL_BACKOFF;
     loop {
         let failure = watch_until_broken(store.as_ref(), &schema, &sender, &mut backoff).await;
+        let failure_was_compaction = matches!(failure, WatchEnd::Compacted);
         match failure {
             // Not a failure of the store: list again at once.
             WatchEnd::Compacted => {}
             WatchEnd::Failed => {
+                metrics::set_session_up(Session::Watch, false);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -289,6 +293,10 @@ async fn follow(
                 Ok((key_values, revision)) => {
                     let state = ClusterState::from_listing(&schema, &key_values, revision);
                     tracing::info!(revision, "cluster view listed again");
+                    if !failure_was_compaction {
+                        metrics::session_reconnected(Session::Watch);
+                    }
+                    metrics::set_session_up(Session::Watch, true);
                     sender.send_if_modified(|current| {
                         if **current == state {
                             return false;
@@ -299,6 +307,7 @@ async fn follow(
                     break;
                 }
                 Err(error) => {
+                    metrics::set_session_up(Session::Watch, false);
                     tracing::warn!(%error, retry_in = ?backoff, "cluster view listing failed");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -6,7 +6,8 @@
 //! `$CARGO_TARGET_DIR`): `scripts/test.sh` builds them before running the tests.
 //!
 //! [`ClusterOptions`] starts Searchers and the Merger with extra flags (say, the Searcher's
-//! test-only fault injection, or the Merger's hedging off); [`Cluster::start_merger`] adds
+//! test-only fault injection, or the Merger's hedging off) and extra environment variables
+//! (say, `RUST_LOG`); [`Cluster::start_merger`] adds
 //! another Merger with its own flags to a running cluster.
 //!
 //! For durability and rebalancing tests: [`Cluster::add_searcher`] grows a running cluster,
@@ -199,6 +200,8 @@ pub struct ClusterOptions {
     pub searcher_args: Vec<Vec<String>>,
     /// Extra flags for the Merger.
     pub merger_args: Vec<String>,
+    /// Extra environment variables for every process of the cluster (say, `RUST_LOG`).
+    pub env: Vec<(String, String)>,
 }
 
 impl ClusterOptions {
@@ -208,7 +211,15 @@ impl ClusterOptions {
             lease_ttl_secs,
             searcher_args: Vec::new(),
             merger_args: Vec::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// An environment variable for every process of the cluster, the ones added later
+    /// included.
+    pub fn env(mut self, key: &str, value: &str) -> ClusterOptions {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     /// Extra flags for the Searcher at `index`.
@@ -233,6 +244,8 @@ pub struct Cluster {
     pub lease_ttl_secs: u64,
     merger: Option<MergerProcess>,
     work: TempDir,
+    /// [`ClusterOptions::env`].
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -252,6 +265,7 @@ impl Cluster {
             lease_ttl_secs: options.lease_ttl_secs,
             merger: None,
             work,
+            env: options.env.clone(),
         };
         for index in 0..options.searchers {
             let args = options
@@ -291,6 +305,7 @@ impl Cluster {
             .arg("--ready-file")
             .arg(&ready)
             .args(args)
+            .envs(self.env.iter().map(|(key, value)| (key, value)))
             .stdout(Stdio::null())
             .stderr(log_file(self.work.path(), name))
             .spawn()
@@ -317,6 +332,7 @@ impl Cluster {
             .arg("--ready-file")
             .arg(&ready)
             .args(&args)
+            .envs(self.env.iter().map(|(key, value)| (key, value)))
             .stdout(Stdio::null())
             .stderr(log_file(self.work.path(), id))
             .spawn()

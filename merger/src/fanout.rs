@@ -105,6 +105,8 @@ pub struct SearchAnswer {
 pub struct FanOutOutcome {
     pub answers: Vec<SearchAnswer>,
     pub reports: Vec<ShardReport>,
+    /// Searcher calls made: first calls, retries and hedges.
+    pub calls: usize,
 }
 
 /// Everything one search's fan-out needs.
@@ -308,6 +310,7 @@ impl FanOut<'_> {
         FanOutOutcome {
             answers: run.answers,
             reports,
+            calls: run.next_call,
         }
     }
 
@@ -622,6 +625,7 @@ async fn call_search(
     }
     let mut request = tonic::Request::new(request);
     request.set_timeout(remaining);
+    quiver_cluster::request_id::attach(&mut request);
     client
         .search(request)
         .await

@@ -8,7 +8,9 @@
 //!   and hedging read.
 //! - [`routing`]: which replica answers for which shard, from the watched cluster view.
 //! - [`validate`]: request checks and the documented limits.
-//! - [`grpc`]: the thin gRPC adapter. [`server`]: one process.
+//! - [`grpc`]: the thin gRPC adapter. [`server`]: one process. [`starting`]: the service
+//!   until the cluster state is loaded.
+//! - [`metrics`]: the Prometheus metrics served at `/metrics`.
 
 pub mod clients;
 pub mod error;
@@ -19,6 +21,7 @@ pub mod metrics;
 pub mod routing;
 pub mod server;
 pub mod service;
+pub mod starting;
 pub mod validate;
 
 pub use error::{Error, Result};

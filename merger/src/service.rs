@@ -253,6 +253,7 @@ impl Merger {
                     write_quorum,
                 });
                 request.set_timeout(remaining);
+                quiver_cluster::request_id::attach(&mut request);
                 with_deadline(remaining, client.upsert(request)).await
             }
             ReplicaWrite::Delete(ids) => {
@@ -264,6 +265,7 @@ impl Merger {
                     write_quorum,
                 });
                 request.set_timeout(remaining);
+                quiver_cluster::request_id::attach(&mut request);
                 with_deadline(remaining, client.delete(request)).await
             }
         }
@@ -820,6 +822,7 @@ impl MergerService for Merger {
                             with_payloads: request.with_payloads,
                         });
                         call.set_timeout(budget);
+                        quiver_cluster::request_id::attach(&mut call);
                         with_deadline(budget, client.get(call)).await
                     }
                     .await;
@@ -884,10 +887,22 @@ impl MergerService for Merger {
             deadline,
             rotation: self.rotation.fetch_add(1, Ordering::Relaxed),
         };
-        let FanOutOutcome { answers, reports } = fan_out.run(&shards).await;
+        let started = std::time::Instant::now();
+        let FanOutOutcome {
+            answers,
+            reports,
+            calls,
+        } = fan_out.run(&shards).await;
 
+        metrics::search_fanned_out(calls, shards.len());
         for report in &reports {
-            if report.outcome != ShardOutcome::Ok as i32 {
+            if report.outcome == ShardOutcome::Ok as i32 {
+                metrics::shard_answered(
+                    &collection.name,
+                    report.shard,
+                    Duration::from_micros(report.latency_us),
+                );
+            } else {
                 metrics::shard_failed(&report.code);
             }
         }
@@ -897,6 +912,15 @@ impl MergerService for Merger {
         if coverage.partial {
             metrics::partial_result();
         }
+        tracing::debug!(
+            collection = %collection.name,
+            shards = coverage.total,
+            shards_answered = coverage.answered,
+            calls,
+            partial = coverage.partial,
+            latency_us = started.elapsed().as_micros() as u64,
+            "search served"
+        );
         Ok(SearchResponse {
             results,
             shards_total: coverage.total as u32,
@@ -1121,15 +1145,18 @@ fn answer_lists(
     per_query
 }
 
-/// Keeps the connection pool and the load counters to the Searchers the cluster has: each
-/// watch update is a cheap snapshot, so this never waits on (nor delays) a search.
+/// Keeps the connection pool and the load counters to the Searchers the cluster has, and
+/// the cluster-wide gauges up to date: each watch update is a cheap snapshot, so this never
+/// waits on (nor delays) a search.
 async fn prune_departed_searchers(
     mut updates: tokio::sync::watch::Receiver<Arc<ClusterState>>,
     clients: Arc<SearcherClients>,
     loads: Arc<SearcherLoads>,
 ) {
+    metrics::observe_cluster_state(&updates.borrow_and_update().clone());
     while updates.changed().await.is_ok() {
         let state = updates.borrow_and_update().clone();
+        metrics::observe_cluster_state(&state);
         let addresses: HashSet<&str> = state
             .searchers
             .values()

@@ -1,5 +1,6 @@
 //! TEST ONLY: fault injection on the search path, so that tests of the Merger's deadlines,
-//! retries and hedging can make a real Searcher process slow or failing on demand.
+//! retries and hedging can make a real Searcher process slow or failing on demand; and a
+//! boot gate ([`FaultConfig::boot_gate`]) that holds replicas BOOTING, for readiness tests.
 //!
 //! [`FaultInjecting`] wraps a [`SearcherService`] and, for a configured fraction of search
 //! calls, waits before searching or answers UNAVAILABLE without searching. Writes, gets and
@@ -36,6 +37,11 @@ pub struct FaultConfig {
     pub delay_fraction: f64,
     /// The fraction of search calls (0 to 1) that fail with UNAVAILABLE.
     pub fail_fraction: f64,
+    /// While this file exists, every replica this Searcher hosts is published BOOTING
+    /// instead of ACTIVE (so Mergers do not search it and the Searcher is not ready); for
+    /// readiness tests. Removing the file lets the replicas turn ACTIVE at the next
+    /// status pass.
+    pub boot_gate: Option<std::path::PathBuf>,
 }
 
 impl Default for FaultConfig {
@@ -44,6 +50,7 @@ impl Default for FaultConfig {
             delay: Duration::ZERO,
             delay_fraction: 1.0,
             fail_fraction: 0.0,
+            boot_gate: None,
         }
     }
 }

@@ -253,6 +253,8 @@ impl Searcher for SearcherGrpc {
         let result = async move {
             let request = request.into_inner();
             let params = request.params.unwrap_or_default();
+            let collection = request.collection.clone();
+            let asked = request.shards.len();
             let outcome = self
                 .service
                 .search(ShardSearch {
@@ -272,6 +274,14 @@ impl Searcher for SearcherGrpc {
                     with_payloads: request.with_payloads,
                 })
                 .await?;
+            tracing::debug!(
+                %collection,
+                shards = asked,
+                searched = outcome.searched_shards.len(),
+                failed = outcome.failed_shards.len(),
+                latency_us = started.elapsed().as_micros() as u64,
+                "search served"
+            );
             Ok(Response::new(ShardSearchResponse {
                 results: outcome
                     .results

@@ -5,14 +5,16 @@
 //! - [`grpc`]: the thin gRPC adapter.
 //! - [`reconcile`]: follows the assignments in etcd, opening and closing replicas.
 //! - [`replication`]: primary → follower log shipping, fencing, recovery, snapshot copy.
-//! - [`server`]: wires one process together.
-//! - [`fault`]: test-only fault injection (slow or failing searches).
+//! - [`server`]: wires one process together. [`readiness`]: when it is ready for traffic.
+//! - [`metrics`]: the Prometheus metrics served at `/metrics`.
+//! - [`fault`]: test-only fault injection (slow or failing searches, replicas held BOOTING).
 
 pub mod error;
 pub mod fault;
 pub mod grpc;
 pub mod metrics;
 pub mod point;
+pub mod readiness;
 pub mod reconcile;
 pub mod replica;
 pub mod replication;

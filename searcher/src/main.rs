@@ -64,6 +64,10 @@ struct Args {
     /// UNAVAILABLE. Hits are evenly spread and deterministic (1.0: every search).
     #[arg(long, env = "QUIVER_FAULT_FAIL_FRACTION", default_value_t = 0.0)]
     fault_fail_fraction: f64,
+    /// TEST ONLY (fault injection): while this file exists, replicas are reported BOOTING
+    /// instead of ACTIVE (the Searcher stays not ready); remove it to let them turn ACTIVE.
+    #[arg(long, env = "QUIVER_FAULT_BOOT_GATE")]
+    fault_boot_gate: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -88,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
             delay: Duration::from_millis(args.fault_delay_ms),
             delay_fraction: args.fault_delay_fraction,
             fail_fraction: args.fault_fail_fraction,
+            boot_gate: args.fault_boot_gate,
         },
         wal: quiver_searcher::WalOptions {
             sync: args.wal_sync,

@@ -54,6 +54,9 @@ pub struct Reconciler {
     /// The follow or recovery task of each replica, whichever its role needs.
     tasks: HashMap<(String, u32), (TaskKind, JoinHandle<()>)>,
     drain_grace: Duration,
+    /// TEST ONLY (see [`crate::fault::FaultConfig::boot_gate`]): while this file exists,
+    /// replicas are published BOOTING instead of ACTIVE.
+    boot_gate: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +90,14 @@ impl Reconciler {
             replicator,
             tasks: HashMap::new(),
             drain_grace,
+            boot_gate: None,
         }
+    }
+
+    /// TEST ONLY: holds every replica BOOTING (as published) while `gate` exists.
+    pub fn with_boot_gate(mut self, gate: Option<std::path::PathBuf>) -> Reconciler {
+        self.boot_gate = gate;
+        self
     }
 
     /// Announces every hosted replica DRAINING (graceful stop): Mergers stop routing to
@@ -411,7 +421,13 @@ impl Reconciler {
             if hosted.phase == ReplicaPhase::Draining {
                 continue;
             }
-            self.publish(&key, hosted.phase, replica.counters()).await;
+            let counters = replica.counters();
+            // The local truth, whether or not etcd takes the record below.
+            crate::metrics::set_replica_points(&key.0, key.1, counters.point_count);
+            if let Some(bytes) = replica.index_memory_bytes() {
+                crate::metrics::set_replica_index_bytes(&key.0, key.1, bytes);
+            }
+            self.publish(&key, hosted.phase, counters).await;
         }
     }
 
@@ -422,8 +438,10 @@ impl Reconciler {
         counters: ReplicaCounters,
     ) {
         let assignment = self.view.current().assignment(&key.0, key.1).cloned();
+        let gated = phase == ReplicaPhase::Active
+            && self.boot_gate.as_ref().is_some_and(|gate| gate.exists());
         let record = ReplicaRecord {
-            state: phase,
+            state: if gated { ReplicaPhase::Booting } else { phase },
             point_count: counters.point_count,
             applied_seq: counters.applied_seq,
             epoch: assignment.as_ref().map_or(0, |assignment| assignment.epoch),
@@ -445,6 +463,7 @@ impl Reconciler {
         {
             Ok(()) => {
                 crate::metrics::set_replica_points(&key.0, key.1, record.point_count);
+                crate::metrics::set_replica_state(&key.0, key.1, record.state, record.role);
                 self.published.insert(key.clone(), record);
             }
             Err(error) => {

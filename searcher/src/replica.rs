@@ -392,6 +392,13 @@ impl Replica {
         &self.config
     }
 
+    /// The index's memory estimate ([`VectorIndex::memory_bytes`]); `None` while a write
+    /// holds the data, so async code may call it without waiting.
+    pub fn index_memory_bytes(&self) -> Option<usize> {
+        let data = self.data.try_read().ok()?;
+        Some(data.index.memory_bytes())
+    }
+
     /// Lock-free, so async code may call it.
     pub fn counters(&self) -> ReplicaCounters {
         ReplicaCounters {

@@ -1,6 +1,6 @@
 //! Wires a Searcher process together: etcd connection, cluster view, gRPC server (with the
-//! standard health and reflection services), registration under a lease, the assignment
-//! reconciler, and a graceful stop.
+//! standard health and reflection services, `/metrics`, `/ready` and `/live`), registration
+//! under a lease, the assignment reconciler, readiness, and a graceful stop.
 
 use std::{
     future::Future,
@@ -12,6 +12,7 @@ use std::{
 
 use quiver_cluster::{
     model::{now_rfc3339, Capacity, SearcherRecord},
+    telemetry::Readiness,
     ClusterView, EtcdStore, KeySchema, MetadataStore, Registration,
 };
 use quiver_proto::v1::searcher_server::SearcherServer;
@@ -88,10 +89,14 @@ pub async fn run(
         config.wal,
     ));
 
+    crate::metrics::register_all();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_not_serving::<SearcherServer<SearcherGrpc>>()
-        .await;
+    let readiness = Readiness::new(
+        health_reporter,
+        <SearcherServer<SearcherGrpc> as tonic::server::NamedService>::NAME,
+        "not registered in etcd yet",
+    )
+    .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(quiver_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -117,16 +122,19 @@ pub async fn run(
             .layer(tower::util::MapResponseLayer::new(
                 quiver_proto::oversized_message_as_resource_exhausted,
             ))
+            // The Merger's request id, when a call carries one, on a span around the call.
+            .layer(quiver_cluster::request_id::RequestIdLayer::passing())
             // Ignored for a listener handed in (tonic applies it only to addresses it binds
             // itself): the accepted sockets get TCP_NODELAY from TcpIncoming below. Without it
             // Nagle's algorithm holds a response behind the peer's delayed ACK, 40 ms a call.
             .tcp_nodelay(true)
             // HTTP/1 is for Prometheus scraping /metrics; gRPC stays on HTTP/2.
             .accept_http1(true)
-            .add_routes(quiver_cluster::telemetry::with_metrics_route(
+            .add_routes(quiver_cluster::telemetry::with_http_routes(
                 tonic::service::Routes::new(health_service)
                     .add_service(reflection)
                     .add_service(searcher_service),
+                readiness.clone(),
             ))
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -168,6 +176,12 @@ pub async fn run(
     tracing::info!(searcher_id = %searcher_id, address = %advertise_address, "searcher registered");
 
     let (stop_reconciler, reconciler_stop_signal) = watch::channel(false);
+    let readiness_follower = tokio::spawn(crate::readiness::follow(
+        view.clone(),
+        searcher_id.clone(),
+        readiness.clone(),
+        reconciler_stop_signal.clone(),
+    ));
     let reconciler = tokio::spawn(
         Reconciler::new(
             Arc::clone(&node),
@@ -177,15 +191,16 @@ pub async fn run(
             schema,
             config.drain_grace,
         )
+        .with_boot_gate(config.faults.boot_gate.clone())
         .run(reconciler_stop_signal),
     );
     let log_syncer = match config.wal.sync {
         WalSync::Interval(period) => Some(tokio::spawn(sync_logs_every(Arc::clone(&node), period))),
         _ => None,
     };
-    health_reporter
-        .set_serving::<SearcherServer<SearcherGrpc>>()
-        .await;
+    // The ready file means "registered and serving" (what scripts and tests wait for);
+    // readiness (the named health service, `/ready`) also waits for every assigned replica
+    // to be ACTIVE, see `readiness`.
     if let Some(ready_file) = &config.ready_file {
         quiver_cluster::telemetry::write_ready_file(ready_file, &advertise_address).map_err(
             |source| Error::Storage {
@@ -197,10 +212,9 @@ pub async fn run(
 
     shutdown.await;
     tracing::info!("searcher stopping");
-    health_reporter
-        .set_not_serving::<SearcherServer<SearcherGrpc>>()
-        .await;
     let _ = stop_reconciler.send(true);
+    let _ = readiness_follower.await;
+    readiness.set(false, "stopping").await;
     if let Ok(mut reconciler) = reconciler.await {
         reconciler.drain_all().await;
         drop(reconciler);

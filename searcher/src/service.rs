@@ -381,6 +381,7 @@ async fn blocking<T: Send + 'static>(
 #[async_trait]
 impl SearcherService for SearcherNode {
     async fn search(&self, request: ShardSearch) -> Result<ShardSearchOutcome> {
+        crate::metrics::search_asked_for(request.shards.len());
         let mut replicas = Vec::new();
         let mut failed_shards = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -648,8 +649,10 @@ fn search_replicas(request: &ShardSearch, replicas: &[(u32, Arc<Replica>)]) -> S
     let mut searched = Vec::new();
     let mut failed = Vec::new();
     for (shard, replica) in replicas {
+        let started = std::time::Instant::now();
         match replica.search(&flat_queries, request.k, &request.params) {
             Ok(results) => {
+                crate::metrics::shard_searched(&request.collection, *shard, started.elapsed());
                 searched.push(*shard);
                 per_replica.push((Arc::clone(replica), results));
             }

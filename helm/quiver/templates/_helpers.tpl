@@ -208,8 +208,8 @@ failureThreshold: {{ .probe.failureThreshold | int }}
 
 {{/*
 An init container that waits until etcd answers /health with "true" on one of the endpoints,
-so Searchers and Mergers do not crash-loop while etcd starts (they exit when etcd cannot be
-reached at start). Uses bash's /dev/tcp from the Quiver image: no extra image needed.
+so Searchers do not crash-loop while etcd starts (they exit when etcd cannot be reached at
+start; Mergers retry, not ready meanwhile, but need not start before etcd either). Uses bash's /dev/tcp from the Quiver image: no extra image needed.
 */}}
 {{- define "quiver.waitForEtcd" -}}
 - name: wait-for-etcd
