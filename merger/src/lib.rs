@@ -9,6 +9,7 @@
 //! - [`routing`]: which replica answers for which shard, from the watched cluster view.
 //! - [`validate`]: request checks and the documented limits.
 //! - [`grpc`]: the thin gRPC adapter. [`server`]: one process.
+//! - [`status_page`]: the live status page and its JSON, on the gRPC port over HTTP/1.
 
 pub mod clients;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod routing;
 pub mod server;
 pub mod service;
+pub mod status_page;
 pub mod validate;
 
 pub use error::{Error, Result};

@@ -12,6 +12,7 @@ use crate::{
     error::{Error, Result},
     grpc::MergerGrpc,
     service::{Merger, MergerConfig, MergerService},
+    status_page::StatusPage,
 };
 
 #[derive(Debug, Clone)]
@@ -51,6 +52,7 @@ pub async fn run(
             .run(controller_stop_signal),
         )
     });
+    let status_page = StatusPage::new(Arc::clone(&store), schema.clone(), view.clone());
     let merger: Arc<dyn MergerService> =
         Arc::new(Merger::new(store, schema, view, config.merger.clone()));
 
@@ -84,14 +86,16 @@ pub async fn run(
         .tcp_nodelay(true)
         // HTTP/1 is for Prometheus scraping /metrics; gRPC stays on HTTP/2.
         .accept_http1(true)
-        .add_routes(quiver_cluster::telemetry::with_metrics_route(
-            tonic::service::Routes::new(health_service)
-                .add_service(reflection)
-                .add_service(merger_service),
-        ))
+        .add_routes(
+            status_page.routes(quiver_cluster::telemetry::with_metrics_route(
+                tonic::service::Routes::new(health_service)
+                    .add_service(reflection)
+                    .add_service(merger_service),
+            )),
+        )
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
+            status_page.ends_streams_on(shutdown),
         )
         .await
         .map_err(|error| Error::Internal(format!("grpc server: {error}")))?;
