@@ -110,10 +110,10 @@
       swatch.style.background = colourOf(searcher.id);
       return el("tr", { "data-searcher": searcher.id, "data-state": searcher.state },
         el("td", { class: "ident" }, swatch, searcher.id),
-        el("td", { class: "mono" }, searcher.address || "—"),
+        el("td", { class: "mono address", title: searcher.address }, (searcher.address || "—").replace(/^https?:\/\//, "")),
         el("td", {}, chip(searcher.state)),
-        el("td", { class: "num", title: searcher.primaries + " primaries" },
-          searcher.replicas, el("span", { class: "muted" }, " (" + searcher.primaries + " primary)")),
+        el("td", { class: "num" }, searcher.replicas),
+        el("td", { class: "num" }, searcher.primaries),
         el("td", {}, el("div", { class: "vectors" },
           el("span", { class: "value", "data-vectors": searcher.vectors }, number(searcher.vectors)),
           el("div", { class: "bar", "aria-hidden": "true" }, fill))));
@@ -159,7 +159,7 @@
       snapshot.ring.virtual_nodes + " virtual nodes each, and " + snapshot.summary.shards + " shards.");
     const children = [desc, svg("circle", { class: "ring-track", cx: 220, cy: 220, r: 180 })];
     for (const searcher of snapshot.ring.searchers) {
-      const group = svg("g", { class: "ring-searcher", "data-searcher": searcher.id, stroke: colourOf(searcher.id), "stroke-width": 2 },
+      const group = svg("g", { class: "ring-searcher", "data-searcher": searcher.id, stroke: colourOf(searcher.id), "stroke-width": 1.6 },
         svg("title", {}, searcher.id + ": " + searcher.positions.length + " virtual nodes"));
       for (const position of searcher.positions) {
         const [x1, y1] = point(position, 172);
@@ -172,8 +172,19 @@
     const labelled = shards.length <= 48;
     const links = svg("g", { class: "ring-links" });
     const dots = svg("g", { class: "ring-shards" });
+    // Shards close together on the ring are drawn on inner orbits so none hides another.
+    const orbits = [];
+    const orbitOf = (position) => {
+      const gap = labelled ? 0.045 : 0.012;
+      const near = (other) => Math.min(Math.abs(other - position), 1 - Math.abs(other - position)) < gap;
+      let level = 0;
+      while (level < 4 && (orbits[level] || []).some(near)) level += 1;
+      (orbits[level] = orbits[level] || []).push(position);
+      return level;
+    };
     for (const [collection, shard] of shards) {
-      const [sx, sy] = point(shard.ring_position, 130);
+      const radius = 140 - 24 * orbitOf(shard.ring_position);
+      const [sx, sy] = point(shard.ring_position, radius);
       for (const replica of shard.replicas) {
         if (replica.ring_position === null) continue;
         const [rx, ry] = point(replica.ring_position, 170);
