@@ -7,7 +7,8 @@
 #
 # Environment: QUIVER_DATA (a folder with siftsmall's .fvecs/.ivecs files; default
 # ../shared/data/siftsmall, generated data when absent), QUIVER_KEEP=1 keeps the work
-# folder with data and logs.
+# folder with data and logs, QUIVER_STAY=1 leaves the cluster running (its status page
+# open in a browser) until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -66,6 +67,7 @@ quiver_log "starting quiver-merger on $merger"
     --ready-file "$work/merger.ready" >"$work/logs/merger.log" 2>&1 &
 service_pids+=($!)
 wait_for_file "$work/merger.ready" "the merger" "$work/logs/merger.log"
+quiver_log "status page: $merger/status (JSON: $merger/api/status)"
 ctl() { "$bin/quiverctl" --merger "$merger" "$@"; }
 
 data=${QUIVER_DATA:-$repo/../shared/data/siftsmall}
@@ -105,4 +107,8 @@ ctl --etcd-endpoints "$etcd_endpoint" rebalance --dry-run
 ctl collections describe siftsmall
 quiver_log "the cluster state in etcd (etcdctl --endpoints $etcd_endpoint get --prefix /quiver/)"
 etcdctl --endpoints "$etcd_endpoint" get --prefix /quiver/ | paste -d ' ' - - | sed 's/^/  /'
-quiver_log "done; stopping everything this script started"
+if [ "${QUIVER_STAY:-0}" = 1 ]; then
+    quiver_log "the cluster keeps running: status page $merger/status, quiverctl --merger $merger; Ctrl-C stops it"
+    while true; do sleep 3600; done
+fi
+quiver_log "done; stopping everything this script started (QUIVER_STAY=1 keeps it running)"

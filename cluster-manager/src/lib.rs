@@ -44,7 +44,10 @@ pub use model::{
     now_rfc3339, AssignmentRecord, Capacity, CollectionRecord, LeaderRecord, RebalanceRecord,
     ReplicaPhase, ReplicaRecord, ReplicaRole, SearcherRecord,
 };
-pub use placement::{place_replicas, shard_of, stable_hash64, HashRing, DEFAULT_VIRTUAL_NODES};
+pub use placement::{
+    place_replicas, shard_of, shard_position, stable_hash64, virtual_node_position, HashRing,
+    DEFAULT_VIRTUAL_NODES,
+};
 pub use rebalance::{plan_moves, plan_step, target_replicas, Move, RebalancePlan};
 pub use store::{
     Compare, EtcdStore, KeyValue, LeaseId, MemoryStore, MetadataStore, Op, WatchEvent, WatchStream,

@@ -43,6 +43,17 @@ pub fn stable_hash64(bytes: &[u8]) -> u64 {
     mixed ^ (mixed >> 31)
 }
 
+/// Where virtual node `virtual_node` of Searcher `searcher_id` sits on the ring.
+pub fn virtual_node_position(searcher_id: &str, virtual_node: u32) -> u64 {
+    stable_hash64(format!("{searcher_id}#{virtual_node}").as_bytes())
+}
+
+/// Where shard `shard` of `collection` sits on the ring: its replicas are the first distinct
+/// Searchers met clockwise from here.
+pub fn shard_position(collection: &str, shard: u32) -> u64 {
+    stable_hash64(format!("{collection}/{shard}").as_bytes())
+}
+
 /// A consistent-hash ring over a set of Searchers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HashRing {
@@ -64,8 +75,7 @@ impl HashRing {
         let mut points = Vec::with_capacity(searchers.len() * virtual_nodes as usize);
         for (index, id) in searchers.iter().enumerate() {
             for virtual_node in 0..virtual_nodes {
-                let position = stable_hash64(format!("{id}#{virtual_node}").as_bytes());
-                points.push((position, index));
+                points.push((virtual_node_position(id, virtual_node), index));
             }
         }
         points.sort_unstable();
@@ -75,6 +85,28 @@ impl HashRing {
     /// The distinct Searchers on the ring, sorted.
     pub fn searchers(&self) -> &[String] {
         &self.searchers
+    }
+
+    /// Every virtual node as `(position, searcher id)`, in ring order (clockwise from 0).
+    pub fn points(&self) -> impl Iterator<Item = (u64, &str)> + '_ {
+        self.points
+            .iter()
+            .map(|(position, index)| (*position, self.searchers[*index].as_str()))
+    }
+
+    /// The position of `searcher_id`'s first virtual node clockwise from `position`
+    /// (wrapping past the top): the point that makes it a replica of a shard placed at
+    /// `position`. `None` when the Searcher is not on the ring.
+    pub fn next_point_of(&self, searcher_id: &str, position: u64) -> Option<u64> {
+        let index = self
+            .searchers
+            .binary_search_by(|id| id.as_str().cmp(searcher_id))
+            .ok()?;
+        let start = self.points.partition_point(|(point, _)| *point < position);
+        (0..self.points.len())
+            .map(|offset| self.points[(start + offset) % self.points.len()])
+            .find(|(_, owner)| *owner == index)
+            .map(|(point, _)| point)
     }
 
     /// The `replication_factor` Searchers of one shard, primary first: walking clockwise from
@@ -93,7 +125,7 @@ impl HashRing {
         if replication_factor > self.searchers.len() {
             return Err(too_few_searchers(replication_factor, self.searchers.len()));
         }
-        let position = stable_hash64(format!("{collection}/{shard}").as_bytes());
+        let position = shard_position(collection, shard);
         let start = self.points.partition_point(|(point, _)| *point < position);
         let mut chosen: Vec<usize> = Vec::with_capacity(replication_factor);
         for offset in 0..self.points.len() {
@@ -193,6 +225,36 @@ mod tests {
         };
         assert_eq!(stable_hash64(b"a"), expected);
         assert_ne!(stable_hash64(b"s1#0") >> 56, stable_hash64(b"s1#1") >> 56);
+    }
+
+    #[test]
+    fn replicas_are_the_first_distinct_searchers_at_their_next_points() {
+        let searchers = ids(4);
+        let ring = HashRing::new(&searchers, 16);
+        assert_eq!(ring.points().count(), 64);
+        assert!(ring
+            .points()
+            .zip(ring.points().skip(1))
+            .all(|((before, _), (after, _))| before <= after));
+        assert_eq!(ring.next_point_of("nobody", 0), None);
+        for shard in 0..50 {
+            let position = shard_position("docs", shard);
+            let replicas = ring.replicas_for("docs", shard, 4).unwrap();
+            // Clockwise distance from the shard to each replica's next point grows in
+            // replica order: the primary's point is met first.
+            let distances: Vec<u64> = replicas
+                .iter()
+                .map(|id| {
+                    ring.next_point_of(id, position)
+                        .unwrap()
+                        .wrapping_sub(position)
+                })
+                .collect();
+            assert!(
+                distances.windows(2).all(|pair| pair[0] < pair[1]),
+                "{distances:?}"
+            );
+        }
     }
 
     #[test]

@@ -180,6 +180,26 @@ impl MergerProcess {
     pub async fn client(&self) -> MergerClient<Channel> {
         connect_merger(&self.address).await
     }
+
+    /// SIGTERM, then wait up to `timeout` for the process to exit by itself and return how
+    /// it exited; `None` when it was still running at the deadline (it is then SIGKILLed).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
 }
 
 impl Drop for MergerProcess {

@@ -11,6 +11,7 @@
 //! - [`grpc`]: the thin gRPC adapter. [`server`]: one process. [`starting`]: the service
 //!   until the cluster state is loaded.
 //! - [`metrics`]: the Prometheus metrics served at `/metrics`.
+//! - [`status_page`]: the live status page and its JSON, on the gRPC port over HTTP/1.
 
 pub mod clients;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod routing;
 pub mod server;
 pub mod service;
 pub mod starting;
+pub mod status_page;
 pub mod validate;
 
 pub use error::{Error, Result};

@@ -1,6 +1,6 @@
 //! Wires a Merger process together: etcd connection, the watched cluster view, and the gRPC
-//! server with the standard health and reflection services, `/metrics`, `/ready` and
-//! `/live`.
+//! server with the standard health and reflection services, `/metrics`, `/ready`, `/live`
+//! and the status page.
 
 use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
 
@@ -14,6 +14,7 @@ use crate::{
     grpc::MergerGrpc,
     service::{Merger, MergerConfig},
     starting::StartingMerger,
+    status_page::StatusPage,
 };
 
 #[derive(Debug, Clone)]
@@ -57,6 +58,8 @@ pub async fn run(
     let merger_service = MergerServer::new(MergerGrpc::new(Arc::clone(&starting) as _))
         .max_decoding_message_size(quiver_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(quiver_proto::MAX_MESSAGE_BYTES);
+    // Serves "no cluster state yet" until it follows the view loaded below.
+    let status_page = StatusPage::new();
 
     let (stop_server, mut server_stop_signal) = watch::channel(false);
     let mut server = tokio::spawn(
@@ -70,19 +73,22 @@ pub async fn run(
             // itself): the accepted sockets get TCP_NODELAY from TcpIncoming below. Without it
             // Nagle's algorithm holds a response behind the peer's delayed ACK, 40 ms a call.
             .tcp_nodelay(true)
-            // HTTP/1 is for Prometheus scraping /metrics; gRPC stays on HTTP/2.
+            // HTTP/1 is for Prometheus scraping /metrics, probes and the status page; gRPC
+            // stays on HTTP/2.
             .accept_http1(true)
-            .add_routes(quiver_cluster::telemetry::with_http_routes(
-                tonic::service::Routes::new(health_service)
-                    .add_service(reflection)
-                    .add_service(merger_service),
-                readiness.clone(),
-            ))
+            .add_routes(
+                status_page.routes(quiver_cluster::telemetry::with_http_routes(
+                    tonic::service::Routes::new(health_service)
+                        .add_service(reflection)
+                        .add_service(merger_service),
+                    readiness.clone(),
+                )),
+            )
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move {
+                status_page.ends_streams_on(async move {
                     let _ = server_stop_signal.wait_for(|stop| *stop).await;
-                },
+                }),
             ),
     );
     tracing::info!(address = %bound, "merger listening");
@@ -108,6 +114,7 @@ pub async fn run(
                 .run(controller_stop_signal),
             )
         });
+        status_page.follow(Arc::clone(&store), schema.clone(), view.clone());
         starting.start(Arc::new(Merger::new(
             store,
             schema,
