@@ -337,3 +337,29 @@ fn javascript() -> impl IntoResponse {
         PAGE_JS,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn before_the_cluster_state_the_snapshot_is_unavailable_and_the_stream_waits() {
+        let page = StatusPage::new();
+        assert!(page.snapshot().await.is_none());
+        assert_eq!(page.json().await.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+        // The first event comes at once, a heartbeat; the stream ends when the server stops.
+        let mut events = Box::pin(page.clone().events());
+        let first = tokio::time::timeout(Duration::from_millis(500), events.next())
+            .await
+            .expect("the first event is sent at once");
+        assert!(matches!(first, Some(Ok(_))));
+        page.ends_streams_on(async {}).await;
+        let last = tokio::time::timeout(Duration::from_secs(2), events.next())
+            .await
+            .expect("the stream ends once the server stops");
+        assert!(last.is_none());
+    }
+}
