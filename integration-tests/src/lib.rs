@@ -85,25 +85,9 @@ impl SearcherProcess {
         let _ = self.terminate(Duration::from_secs(15));
     }
 
-    /// SIGTERM, then wait up to `timeout` for the process to exit by itself and return how
-    /// it exited; `None` when it was still running at the deadline (it is then SIGKILLed, so
-    /// a drain that hangs fails the test instead of leaking a process).
+    /// SIGTERM, then wait up to `timeout`: see [`terminate_child`].
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
+        terminate_child(self.child.take()?, timeout)
     }
 
     /// Whether this handle still owns a process (it was not killed or stopped through it).
@@ -181,25 +165,30 @@ impl MergerProcess {
         connect_merger(&self.address).await
     }
 
-    /// SIGTERM, then wait up to `timeout` for the process to exit by itself and return how
-    /// it exited; `None` when it was still running at the deadline (it is then SIGKILLed).
+    /// SIGTERM, then wait up to `timeout`: see [`terminate_child`].
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
+        terminate_child(self.child.take()?, timeout)
     }
+}
+
+/// SIGTERM, then wait up to `timeout` for the process to exit by itself and return how it
+/// exited; `None` when it was still running at the deadline (it is then SIGKILLed, so a
+/// drain that hangs fails the test instead of leaking a process).
+fn terminate_child(mut child: Child, timeout: Duration) -> Option<ExitStatus> {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
 
 impl Drop for MergerProcess {

@@ -68,6 +68,29 @@ fn value(samples: &HashMap<String, f64>, name: &str, labels: &[(&str, &str)]) ->
     }
 }
 
+/// Waits until the Searcher at `address` reports `expected` points for the replica `labels`
+/// names.
+async fn wait_for_replica_points(
+    address: &str,
+    labels: &[(&str, &str)],
+    expected: f64,
+    what: &str,
+) {
+    wait_for(PATIENCE, what, async || {
+        let points = scrape(address)
+            .get(&series("quiver_searcher_replica_points", labels))
+            .copied();
+        if points == Some(expected) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{labels:?} on {address}: {points:?}, want {expected}"
+            ))
+        }
+    })
+    .await;
+}
+
 fn points(count: usize) -> Vec<Point> {
     (0..count)
         .map(|row| Point {
@@ -193,22 +216,11 @@ async fn metrics_exist_from_the_start_and_count_exactly() {
         let shard_label = shard.to_string();
         let labels = [("collection", "obs"), ("shard", shard_label.as_str())];
         let expected = per_shard.get(shard).copied().unwrap_or(0) as f64;
-        wait_for(
-            PATIENCE,
+        wait_for_replica_points(
+            &searcher_of(owner).address,
+            &labels,
+            expected,
             "replica points to reach the loaded count",
-            async || {
-                let page = scrape(&searcher_of(owner).address);
-                let points = page
-                    .get(&series("quiver_searcher_replica_points", &labels))
-                    .copied();
-                if points == Some(expected) {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "{owner} shard {shard}: {points:?}, want {expected}"
-                    ))
-                }
-            },
         )
         .await;
         let page = scrape(&searcher_of(owner).address);
@@ -378,22 +390,11 @@ async fn metrics_exist_from_the_start_and_count_exactly() {
             .filter(|id| quiver_cluster::shard_of(id, SHARDS) == *shard)
             .count() as u64;
         let expected = (per_shard.get(shard).copied().unwrap_or(0) - gone) as f64;
-        wait_for(
-            PATIENCE,
+        wait_for_replica_points(
+            &searcher_of(owner).address,
+            &labels,
+            expected,
             "replica points to drop after the delete",
-            async || {
-                let page = scrape(&searcher_of(owner).address);
-                let points = page
-                    .get(&series("quiver_searcher_replica_points", &labels))
-                    .copied();
-                if points == Some(expected) {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "{owner} shard {shard}: {points:?}, want {expected}"
-                    ))
-                }
-            },
         )
         .await;
     }
