@@ -19,7 +19,7 @@ pub mod snapshot;
 
 use std::{
     sync::{Arc, Mutex, OnceLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -45,6 +45,8 @@ const PAGE_JS: &str = include_str!("page.js");
 
 /// How long one read of the controller's records may take before the last values serve.
 const CONTROLLER_READ_DEADLINE: Duration = Duration::from_millis(500);
+/// Controller records read this recently are reused instead of read again.
+const CONTROLLER_FRESH_FOR: Duration = Duration::from_millis(900);
 /// How often an open event stream checks for changes the view does not announce (the
 /// controller's records) and sends a heartbeat.
 const EVENT_INTERVAL: Duration = Duration::from_secs(1);
@@ -63,8 +65,10 @@ struct Source {
 pub struct StatusPage {
     /// Set once the Merger has loaded the cluster state; the routes exist before that.
     source: Arc<OnceLock<Source>>,
-    /// The controller's records as last read (a plain mutex: never held across an await).
-    last_controller: Arc<Mutex<ControllerRecords>>,
+    /// The controller's records as last read successfully, and when (a plain mutex: never
+    /// held across an await). Shared by every open page, so they cost etcd one read per
+    /// [`CONTROLLER_FRESH_FOR`] however many pages are open.
+    last_controller: Arc<Mutex<(Option<Instant>, ControllerRecords)>>,
     /// Turns true when the server stops, ending the open event streams: an HTTP/1 graceful
     /// shutdown waits for every response to finish, and an event stream never would.
     stopping: watch::Receiver<bool>,
@@ -176,9 +180,19 @@ impl StatusPage {
         }
     }
 
-    /// Reads both controller records under [`CONTROLLER_READ_DEADLINE`]; on failure answers
-    /// with the last records read and says why.
+    /// Reads both controller records under [`CONTROLLER_READ_DEADLINE`], unless a read
+    /// within [`CONTROLLER_FRESH_FOR`] has them; on failure answers with the last records
+    /// read and says why.
     async fn controller_records(&self, source: &Source) -> ControllerRecords {
+        {
+            let last = self.last_controller.lock().expect("not poisoned");
+            if last
+                .0
+                .is_some_and(|read_at| read_at.elapsed() < CONTROLLER_FRESH_FOR)
+            {
+                return last.1.clone();
+            }
+        }
         let leader_key = source.schema.controller_leader();
         let rebalance_key = source.schema.controller_rebalance();
         let reads = async {
@@ -200,7 +214,8 @@ impl StatusPage {
         };
         let failure = match tokio::time::timeout(CONTROLLER_READ_DEADLINE, reads).await {
             Ok(Ok(records)) => {
-                *self.last_controller.lock().expect("not poisoned") = records.clone();
+                *self.last_controller.lock().expect("not poisoned") =
+                    (Some(Instant::now()), records.clone());
                 return records;
             }
             Ok(Err(error)) => format!("reading the controller's records: {error}"),
@@ -209,7 +224,7 @@ impl StatusPage {
             ),
         };
         tracing::debug!(error = %failure, "status page shows the last controller records");
-        let mut records = self.last_controller.lock().expect("not poisoned").clone();
+        let mut records = self.last_controller.lock().expect("not poisoned").1.clone();
         records.error = Some(failure);
         records
     }
