@@ -170,6 +170,11 @@ pub struct ReplicaRecord {
     pub epoch: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<ReplicaRole>,
+    /// Published by a primary: the learners that hold every write it acknowledged and that
+    /// its writes now wait for. The placement controller switches a learner in only once
+    /// the shard's primary lists it here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learners_in_sync: Vec<String>,
     /// Why the replica is FAILED.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use crate::{
     error::Error,
     replica::{Replica, ReplicaConfig, ReplicaCounters},
-    replication::{PeerClients, Replicator},
+    replication::{PeerClients, QuorumMembers, Replicator},
     service::{Hosted, SearcherNode},
 };
 use quiver_cluster::ReplicaRole;
@@ -194,7 +194,16 @@ impl Reconciler {
         self.tasks.retain(|_, (_, task)| !task.is_finished());
         for (key, hosted) in self.node.hosted() {
             let assignment = state.assignment(&key.0, key.1).cloned();
-            hosted.state.set_assignment(assignment.clone());
+            let members = assignment
+                .as_ref()
+                .map_or_else(QuorumMembers::default, |assignment| {
+                    let replication_factor = state
+                        .collections
+                        .get(&key.0)
+                        .map(|collection| collection.replication_factor);
+                    QuorumMembers::of(assignment, &me, replication_factor, state)
+                });
+            hosted.state.set_assignment(assignment.clone(), members);
             let (Some(replica), Some(assignment)) = (hosted.replica, assignment) else {
                 continue;
             };
@@ -203,14 +212,16 @@ impl Reconciler {
                     if hosted.state.ready_epoch() == assignment.epoch {
                         None
                     } else if replica.epochs().current() >= assignment.epoch {
-                        hosted.state.set_ready_epoch(assignment.epoch);
+                        hosted
+                            .state
+                            .lead(assignment.epoch, replica.counters().applied_seq);
                         None
                     } else {
                         Some(TaskKind::Recover(assignment.epoch))
                     }
                 }
                 Some(ReplicaRole::Follower | ReplicaRole::Learner) => {
-                    hosted.state.set_ready_epoch(0);
+                    hosted.state.stop_leading();
                     Some(TaskKind::Follow)
                 }
                 None => None,
@@ -440,12 +451,26 @@ impl Reconciler {
         let assignment = self.view.current().assignment(&key.0, key.1).cloned();
         let gated = phase == ReplicaPhase::Active
             && self.boot_gate.as_ref().is_some_and(|gate| gate.exists());
+        let epoch = assignment.as_ref().map_or(0, |assignment| assignment.epoch);
+        let role = assignment.and_then(|assignment| assignment.role_of(self.node.id()));
+        // Only a primary ready for writes in the assignment's epoch vouches for learners.
+        let learners_in_sync = match self.node.shard_state(&key.0, key.1) {
+            Some(shard)
+                if phase == ReplicaPhase::Active
+                    && role == Some(ReplicaRole::Primary)
+                    && shard.ready_epoch() == epoch =>
+            {
+                shard.log.learners_in_sync()
+            }
+            _ => Vec::new(),
+        };
         let record = ReplicaRecord {
             state: if gated { ReplicaPhase::Booting } else { phase },
             point_count: counters.point_count,
             applied_seq: counters.applied_seq,
-            epoch: assignment.as_ref().map_or(0, |assignment| assignment.epoch),
-            role: assignment.and_then(|assignment| assignment.role_of(self.node.id())),
+            epoch,
+            role,
+            learners_in_sync,
             error: None,
         };
         self.publish_record(key, record).await;

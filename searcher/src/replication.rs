@@ -15,7 +15,7 @@
 //! is seen ([`recover_primary`]); only then does it take writes.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -25,7 +25,7 @@ use std::{
 };
 
 use futures::StreamExt;
-use quiver_cluster::{AssignmentRecord, ClusterView, ReplicaPhase};
+use quiver_cluster::{AssignmentRecord, ClusterState, ClusterView, ReplicaPhase};
 use quiver_proto::v1::{
     searcher_client::SearcherClient, CopySnapshotRequest, FenceRequest, LogRecord, Point,
     PullLogRequest,
@@ -84,19 +84,76 @@ impl ShardState {
             .clone()
     }
 
-    pub fn set_assignment(&self, assignment: Option<AssignmentRecord>) {
+    /// Takes the assignment the view shows, and who the primary's acknowledgements count
+    /// under it.
+    pub fn set_assignment(&self, assignment: Option<AssignmentRecord>, members: QuorumMembers) {
         *self
             .assignment
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = assignment;
+        self.log.set_members(members);
     }
 
     pub fn ready_epoch(&self) -> u64 {
         self.ready_epoch.load(Ordering::Acquire)
     }
 
-    pub fn set_ready_epoch(&self, epoch: u64) {
-        self.ready_epoch.store(epoch, Ordering::Release);
+    /// Stops taking writes as a primary.
+    pub fn stop_leading(&self) {
+        self.ready_epoch.store(0, Ordering::Release);
+    }
+
+    /// Starts taking writes as the primary of `epoch`, with `applied_seq` the end of its
+    /// log. Acknowledgement bookkeeping starts over when the epoch is a new one: progress a
+    /// follower reported to an earlier term proves nothing about this one.
+    pub fn lead(&self, epoch: u64, applied_seq: u64) {
+        if self.ready_epoch.swap(epoch, Ordering::AcqRel) != epoch {
+            self.log.begin_term(applied_seq);
+        }
+    }
+}
+
+/// Who a primary's acknowledgements count, taken from the assignment its view shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuorumMembers {
+    /// The other voting replicas.
+    pub voters: Vec<String>,
+    /// Voting replicas beyond the replication factor, while a learner that just turned
+    /// voter waits for a surplus replica to leave. Each raises the write quorum by one, so
+    /// that the replicas left after the surplus goes still hold every acknowledged write
+    /// `write_quorum` times over.
+    pub extra_voters: usize,
+    /// Learners whose Searcher is live; only these may be found in sync.
+    pub live_learners: BTreeSet<String>,
+}
+
+impl QuorumMembers {
+    /// The members of `assignment` as seen from `me`, against the collection's
+    /// replication factor (`None` when the view has no collection record) and the live
+    /// Searchers of `state`.
+    pub fn of(
+        assignment: &AssignmentRecord,
+        me: &str,
+        replication_factor: Option<u32>,
+        state: &ClusterState,
+    ) -> QuorumMembers {
+        let replication_factor =
+            replication_factor.map_or(assignment.replicas.len(), |rf| rf as usize);
+        QuorumMembers {
+            voters: assignment
+                .replicas
+                .iter()
+                .filter(|id| *id != me)
+                .cloned()
+                .collect(),
+            extra_voters: assignment.replicas.len().saturating_sub(replication_factor),
+            live_learners: assignment
+                .learners
+                .iter()
+                .filter(|id| state.searchers.contains_key(*id))
+                .cloned()
+                .collect(),
+        }
     }
 }
 
@@ -106,11 +163,28 @@ struct FollowerProgress {
     last_seen: Instant,
 }
 
+/// What a primary's acknowledgement decisions read, kept under one lock so that each
+/// decision sees one consistent state.
+#[derive(Debug, Default)]
+struct Acks {
+    followers: HashMap<String, FollowerProgress>,
+    members: QuorumMembers,
+    /// Learners found holding every write this primary acknowledged. Each write waits for
+    /// them as well from then on, for as long as they are live learners, so the placement
+    /// controller can switch one in for a voting replica (it waits for the primary to
+    /// publish this set) without a write acknowledged by the leaving replica missing from a
+    /// majority of the new set.
+    learners_in_sync: BTreeSet<String>,
+    /// The highest sequence number acknowledged in this term; at the start of a term, the
+    /// end of the log, since any of it may have been acknowledged by an earlier primary.
+    acknowledged_seq: u64,
+}
+
 /// The primary side: recent records for followers and what each follower acknowledged.
 pub struct ShardLog {
     recent: Mutex<BTreeMap<u64, WalRecord>>,
     appended: watch::Sender<u64>,
-    followers: Mutex<HashMap<String, FollowerProgress>>,
+    acks: Mutex<Acks>,
     acks_changed: Notify,
 }
 
@@ -119,9 +193,15 @@ impl ShardLog {
         ShardLog {
             recent: Mutex::new(BTreeMap::new()),
             appended: watch::channel(0).0,
-            followers: Mutex::new(HashMap::new()),
+            acks: Mutex::new(Acks::default()),
             acks_changed: Notify::new(),
         }
+    }
+
+    fn acks(&self) -> std::sync::MutexGuard<'_, Acks> {
+        self.acks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Remembers a record the primary just logged. Concurrent writes may arrive here out of
@@ -173,28 +253,66 @@ impl ShardLog {
             .clear();
     }
 
-    pub fn record_progress(&self, follower: &str, acked_seq: u64) {
-        self.followers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(
-                follower.to_string(),
-                FollowerProgress {
-                    acked_seq,
-                    last_seen: Instant::now(),
-                },
-            );
+    fn set_members(&self, members: QuorumMembers) {
+        let mut acks = self.acks();
+        if acks.members == members {
+            return;
+        }
+        // A learner that turned voter, left, or lost its Searcher is waited for no longer;
+        // the controller's switch is guarded by the assignment and the learner's
+        // registration, so it cannot land on the strength of an attestation dropped here.
+        acks.learners_in_sync
+            .retain(|learner| members.live_learners.contains(learner));
+        acks.members = members;
+        drop(acks);
         self.acks_changed.notify_waiters();
     }
 
-    /// Waits until `quorum` replicas (the primary, which holds `seq` already, included) of
-    /// `voters` hold `seq`, then a little longer for voters that are in sync; gives up at
-    /// `deadline`. Returns the followers that hold it and whether the quorum was reached.
+    fn begin_term(&self, applied_seq: u64) {
+        let mut acks = self.acks();
+        acks.followers.clear();
+        acks.learners_in_sync.clear();
+        acks.acknowledged_seq = applied_seq;
+        drop(acks);
+        self.acks_changed.notify_waiters();
+    }
+
+    /// The learners this primary vouches for: each holds every write it acknowledged.
+    pub fn learners_in_sync(&self) -> Vec<String> {
+        self.acks().learners_in_sync.iter().cloned().collect()
+    }
+
+    /// Notes that `follower` holds every record up to `acked_seq`. Returns true when this
+    /// makes a live learner in sync (it holds every acknowledged write), which the primary
+    /// should publish.
+    pub fn record_progress(&self, follower: &str, acked_seq: u64) -> bool {
+        let mut acks = self.acks();
+        acks.followers.insert(
+            follower.to_string(),
+            FollowerProgress {
+                acked_seq,
+                last_seen: Instant::now(),
+            },
+        );
+        let joined = acked_seq >= acks.acknowledged_seq
+            && acks.members.live_learners.contains(follower)
+            && acks.learners_in_sync.insert(follower.to_string());
+        drop(acks);
+        self.acks_changed.notify_waiters();
+        joined
+    }
+
+    /// Waits until the write `seq` (which the primary holds already) is held by
+    /// `write_quorum` voting replicas, the primary included, plus one more per voting
+    /// replica beyond the replication factor, and by every learner in sync; then a little
+    /// longer for voters that are in sync. Gives up at `deadline`. The members are read
+    /// afresh at every step, so an assignment that changes while the write waits counts at
+    /// once. Returns the replicas other than the primary that hold the write and whether
+    /// it is acknowledged.
     pub async fn await_quorum(
         &self,
         seq: u64,
-        quorum: usize,
-        voters: &[String],
+        write_quorum: usize,
         deadline: tokio::time::Instant,
     ) -> (Vec<String>, bool) {
         let mut grace_until: Option<tokio::time::Instant> = None;
@@ -202,33 +320,48 @@ impl ShardLog {
             let notified = self.acks_changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (acked, in_sync_missing) = {
-                let followers = self
-                    .followers
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                let mut acked = Vec::new();
-                let mut in_sync_missing = 0usize;
-                for voter in voters {
-                    match followers.get(voter) {
-                        Some(progress) if progress.acked_seq >= seq => acked.push(voter.clone()),
-                        Some(progress) if progress.last_seen.elapsed() < IN_SYNC_WINDOW => {
-                            in_sync_missing += 1
-                        }
-                        _ => {}
-                    }
-                }
-                (acked, in_sync_missing)
-            };
-            let reached = acked.len() + 1 >= quorum;
             let now = tokio::time::Instant::now();
-            if reached {
-                let grace = *grace_until.get_or_insert(now + IN_SYNC_GRACE);
-                if in_sync_missing == 0 || now >= grace || now >= deadline {
-                    return (acked, true);
+            {
+                let mut acks = self.acks();
+                let holds = |id: &String| {
+                    acks.followers
+                        .get(id)
+                        .is_some_and(|progress| progress.acked_seq >= seq)
+                };
+                let mut acked: Vec<String> = acks
+                    .members
+                    .voters
+                    .iter()
+                    .filter(|id| holds(id))
+                    .cloned()
+                    .collect();
+                let voters_holding = acked.len();
+                let learners_hold = acks.learners_in_sync.iter().all(&holds);
+                acked.extend(acks.learners_in_sync.iter().filter(|id| holds(id)).cloned());
+                let in_sync_missing = acks
+                    .members
+                    .voters
+                    .iter()
+                    .filter(|id| {
+                        acks.followers.get(*id).is_some_and(|progress| {
+                            progress.acked_seq < seq
+                                && progress.last_seen.elapsed() < IN_SYNC_WINDOW
+                        })
+                    })
+                    .count();
+                let needed = write_quorum + acks.members.extra_voters;
+                let reached = voters_holding + 1 >= needed && learners_hold;
+                if reached {
+                    let grace = *grace_until.get_or_insert(now + IN_SYNC_GRACE);
+                    if in_sync_missing == 0 || now >= grace || now >= deadline {
+                        // Decided under the lock, so a learner found in sync after this
+                        // point holds this write too.
+                        acks.acknowledged_seq = acks.acknowledged_seq.max(seq);
+                        return (acked, true);
+                    }
+                } else if now >= deadline {
+                    return (acked, false);
                 }
-            } else if now >= deadline {
-                return (acked, false);
             }
             let wake = grace_until.map_or(deadline, |grace| grace.min(deadline));
             tokio::select! {
@@ -255,6 +388,8 @@ pub struct PullOutcome {
     pub records: Vec<WalRecord>,
     pub source_applied_seq: u64,
     pub snapshot_required: Option<String>,
+    /// This pull made the asker, a learner, in sync: the primary should publish it.
+    pub learner_in_sync: bool,
 }
 
 /// Serves a PullLog: the records after `after_seq` from memory or the log, waiting up to
@@ -266,6 +401,7 @@ pub async fn serve_pull(
 ) -> Result<PullOutcome> {
     let after_seq = request.after_seq;
     let applied = replica.counters().applied_seq;
+    let mut learner_in_sync = false;
     if !request.recovery {
         let epochs = replica.epochs();
         let end = epochs.end_of(request.last_epoch, applied);
@@ -280,7 +416,7 @@ pub async fn serve_pull(
             });
         }
         // Its log matches ours up to `after_seq`: that much is acknowledged.
-        state.log.record_progress(&request.searcher_id, after_seq);
+        learner_in_sync = state.log.record_progress(&request.searcher_id, after_seq);
     }
     let max_records = match request.max_records {
         0 => PULL_MAX_RECORDS,
@@ -300,12 +436,14 @@ pub async fn serve_pull(
             records,
             source_applied_seq,
             snapshot_required: None,
+            learner_in_sync,
         }),
         None => Ok(PullOutcome {
             source_applied_seq,
             snapshot_required: Some(format!(
                 "the records after {after_seq} were folded into a snapshot"
             )),
+            learner_in_sync,
             ..PullOutcome::default()
         }),
     }
@@ -655,7 +793,7 @@ impl Replicator {
             {
                 Ok(()) => {
                     state.log.forget_records();
-                    state.set_ready_epoch(epoch);
+                    state.lead(epoch, replica.counters().applied_seq);
                     self.node.writes_applied().notify_one();
                     tracing::info!(%collection, shard, epoch, applied_seq = replica.counters().applied_seq, "primary ready for writes");
                     return;
@@ -956,20 +1094,41 @@ mod tests {
         assert_eq!(*log.appended.borrow(), 3);
     }
 
+    fn members(voters: &[&str], extra_voters: usize, learners: &[&str]) -> QuorumMembers {
+        QuorumMembers {
+            voters: voters.iter().map(|id| id.to_string()).collect(),
+            extra_voters,
+            live_learners: learners.iter().map(|id| id.to_string()).collect(),
+        }
+    }
+
+    fn in_5s() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(5)
+    }
+
+    /// Starts waiting for `seq` with `write_quorum` in a task of its own.
+    fn wait_for(
+        log: &Arc<ShardLog>,
+        seq: u64,
+        write_quorum: usize,
+    ) -> tokio::task::JoinHandle<(Vec<String>, bool)> {
+        let log = Arc::clone(log);
+        tokio::spawn(async move { log.await_quorum(seq, write_quorum, in_5s()).await })
+    }
+
+    async fn still_waiting(waiter: &tokio::task::JoinHandle<(Vec<String>, bool)>) -> bool {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        !waiter.is_finished()
+    }
+
     #[tokio::test]
     async fn a_write_waits_for_its_quorum_and_reports_who_acknowledged() {
         let log = Arc::new(ShardLog::new());
-        let voters = vec!["b".to_string(), "c".to_string()];
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        let waiter = {
-            let log = Arc::clone(&log);
-            let voters = voters.clone();
-            tokio::spawn(async move { log.await_quorum(7, 2, &voters, deadline).await })
-        };
+        log.set_members(members(&["b", "c"], 0, &[]));
+        let waiter = wait_for(&log, 7, 2);
         tokio::time::sleep(Duration::from_millis(20)).await;
         log.record_progress("b", 6);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!waiter.is_finished(), "6 does not acknowledge 7");
+        assert!(still_waiting(&waiter).await, "6 does not acknowledge 7");
         log.record_progress("b", 7);
         let (acked, reached) = waiter.await.unwrap();
         assert!(reached);
@@ -979,10 +1138,111 @@ mod tests {
     #[tokio::test]
     async fn a_write_without_its_quorum_gives_up_at_the_deadline() {
         let log = ShardLog::new();
+        log.set_members(members(&["b"], 0, &[]));
         let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
-        let (acked, reached) = log.await_quorum(1, 2, &["b".to_string()], deadline).await;
+        let (acked, reached) = log.await_quorum(1, 2, deadline).await;
         assert!(!reached);
         assert!(acked.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_learner_in_sync_is_waited_for_until_it_votes() {
+        let log = Arc::new(ShardLog::new());
+        log.set_members(members(&["b", "c"], 0, &["d"]));
+        // Write 1 is acknowledged without the learner, which has not pulled yet.
+        log.record_progress("b", 1);
+        assert!(log.await_quorum(1, 2, in_5s()).await.1);
+        assert!(
+            !log.record_progress("d", 0),
+            "d misses acknowledged write 1"
+        );
+        assert!(log.learners_in_sync().is_empty());
+        assert!(
+            log.record_progress("d", 1),
+            "d holds every acknowledged write"
+        );
+        assert_eq!(log.learners_in_sync(), vec!["d".to_string()]);
+        assert!(!log.record_progress("d", 1), "announced once");
+
+        // From now on a voting quorum is not enough: d must hold each write too.
+        let waiter = wait_for(&log, 2, 2);
+        log.record_progress("b", 2);
+        log.record_progress("c", 2);
+        assert!(
+            still_waiting(&waiter).await,
+            "the learner in sync lacks write 2"
+        );
+        log.record_progress("d", 2);
+        let (mut acked, reached) = waiter.await.unwrap();
+        acked.sort();
+        assert!(reached);
+        assert_eq!(acked, ["b", "c", "d"].map(String::from));
+
+        // d replaced c: it is a voter now and counts like one.
+        log.set_members(members(&["b", "d"], 0, &[]));
+        assert!(log.learners_in_sync().is_empty());
+        let waiter = wait_for(&log, 3, 2);
+        log.record_progress("b", 3);
+        assert!(waiter.await.unwrap().1);
+    }
+
+    #[tokio::test]
+    async fn a_write_waiting_on_the_old_members_sees_the_learner_join() {
+        let log = Arc::new(ShardLog::new());
+        log.set_members(members(&["b", "c"], 0, &["d"]));
+        let waiter = wait_for(&log, 1, 2);
+        // d pulls before anything was acknowledged: in sync, so write 1 now needs it.
+        assert!(log.record_progress("d", 0));
+        log.record_progress("b", 1);
+        assert!(
+            still_waiting(&waiter).await,
+            "write 1 was not acknowledged before d joined, so it waits for d"
+        );
+        log.record_progress("d", 1);
+        assert!(waiter.await.unwrap().1);
+    }
+
+    #[tokio::test]
+    async fn a_learner_that_leaves_or_is_gone_is_not_waited_for() {
+        let log = Arc::new(ShardLog::new());
+        log.set_members(members(&["b", "c"], 0, &["d"]));
+        assert!(log.record_progress("d", 0));
+        let waiter = wait_for(&log, 1, 2);
+        log.record_progress("b", 1);
+        assert!(still_waiting(&waiter).await);
+        // d's Searcher vanished from the view: it can no longer be switched in.
+        log.set_members(members(&["b", "c"], 0, &[]));
+        assert!(waiter.await.unwrap().1);
+        assert!(log.learners_in_sync().is_empty());
+        assert!(!log.record_progress("d", 1), "not a live learner");
+    }
+
+    #[tokio::test]
+    async fn a_voter_beyond_the_replication_factor_raises_the_quorum() {
+        let log = Arc::new(ShardLog::new());
+        // Replication factor 3 with a fourth voter waiting for a surplus one to leave: a
+        // majority write needs 3 of the 4, so any 3 left after one goes hold it twice.
+        log.set_members(members(&["b", "c", "d"], 1, &[]));
+        let waiter = wait_for(&log, 1, 2);
+        log.record_progress("b", 1);
+        assert!(still_waiting(&waiter).await, "2 of 4 is not enough");
+        log.record_progress("d", 1);
+        assert!(waiter.await.unwrap().1);
+    }
+
+    #[tokio::test]
+    async fn a_new_term_counts_its_whole_log_as_acknowledged() {
+        let log = Arc::new(ShardLog::new());
+        log.set_members(members(&["b", "c"], 0, &["d"]));
+        // Promoted with 40 records, any of which an earlier primary may have acknowledged.
+        log.begin_term(40);
+        assert!(!log.record_progress("d", 39));
+        assert!(log.record_progress("d", 40));
+        // A follower's progress from an earlier term does not carry over.
+        log.record_progress("b", 42);
+        log.begin_term(41);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
+        assert!(!log.await_quorum(42, 2, deadline).await.1);
     }
 
     #[test]

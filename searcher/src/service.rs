@@ -213,6 +213,10 @@ impl SearcherNode {
         Some((slot.replica?, slot.state))
     }
 
+    pub(crate) fn shard_state(&self, collection: &str, shard: u32) -> Option<Arc<ShardState>> {
+        Some(self.slot(collection, shard)?.state)
+    }
+
     pub(crate) fn replica_config(&self, collection: &str, shard: u32) -> Option<ReplicaConfig> {
         Some(self.slot(collection, shard)?.replica?.config().clone())
     }
@@ -430,17 +434,11 @@ impl SearcherService for SearcherNode {
     async fn write(&self, write: ShardWrite) -> Result<ShardWriteOutcome> {
         let (replica, state, assignment) =
             self.primary_replica(&write.collection, write.shard, write.epoch)?;
-        let voters: Vec<String> = assignment
-            .replicas
-            .iter()
-            .filter(|id| **id != self.id)
-            .cloned()
-            .collect();
         let write_quorum = write.write_quorum.max(1);
-        if write_quorum as usize > voters.len() + 1 {
+        if write_quorum as usize > assignment.replicas.len() {
             return Err(Error::InvalidArgument(format!(
                 "write quorum {write_quorum} exceeds the {} voting replicas of {}/{}",
-                voters.len() + 1,
+                assignment.replicas.len(),
                 write.collection,
                 write.shard
             )));
@@ -477,7 +475,6 @@ impl SearcherService for SearcherNode {
             .await_quorum(
                 record.seq,
                 write_quorum as usize,
-                &voters,
                 tokio::time::Instant::from_std(deadline),
             )
             .await;
@@ -520,7 +517,14 @@ impl SearcherService for SearcherNode {
             // in `serve_pull`, once their log is known to match this one.
             self.primary_replica(&request.collection, request.shard, request.epoch)?;
         }
-        replication::serve_pull(&replica, &slot.state, &request).await
+        let outcome = replication::serve_pull(&replica, &slot.state, &request).await?;
+        if outcome.learner_in_sync {
+            tracing::info!(collection = %request.collection, shard = request.shard, learner = %request.searcher_id, applied_seq = request.after_seq, "learner holds every acknowledged write; writes wait for it from now on");
+            // Publish it soon: the placement controller switches a learner in only once
+            // its primary vouches for it.
+            self.writes_applied.notify_one();
+        }
+        Ok(outcome)
     }
 
     async fn fence(&self, collection: &str, shard: u32, epoch: u64) -> Result<(u64, u64)> {
@@ -537,7 +541,7 @@ impl SearcherService for SearcherNode {
         })?;
         // A primary of an older epoch stops taking writes here at once.
         if slot.state.ready_epoch() < epoch {
-            slot.state.set_ready_epoch(0);
+            slot.state.stop_leading();
         }
         blocking(move || replica.fence(epoch)).await
     }
@@ -706,7 +710,7 @@ fn search_replicas(request: &ShardSearch, replicas: &[(u32, Arc<Replica>)]) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replica::ReplicaConfig;
+    use crate::{replica::ReplicaConfig, replication::QuorumMembers};
     use quiver_index::Metric;
 
     /// A node hosting `c/0` as the ready primary of epoch 1, with `s2` and `s3` voting.
@@ -723,13 +727,16 @@ mod tests {
         let replica = Replica::open(&node.replica_dir("c", 0), config).unwrap();
         replica.begin_epoch(1).unwrap();
         let slot = Hosted::new(ReplicaPhase::Active, Some(Arc::new(replica)));
-        slot.state
-            .set_assignment(Some(quiver_cluster::AssignmentRecord::new(vec![
-                "s1".into(),
-                "s2".into(),
-                "s3".into(),
-            ])));
-        slot.state.set_ready_epoch(1);
+        let assignment =
+            quiver_cluster::AssignmentRecord::new(vec!["s1".into(), "s2".into(), "s3".into()]);
+        let members = QuorumMembers::of(
+            &assignment,
+            "s1",
+            Some(3),
+            &quiver_cluster::ClusterState::default(),
+        );
+        slot.state.set_assignment(Some(assignment), members);
+        slot.state.lead(1, 0);
         node.set_slot("c", 0, Some(slot));
         node
     }

@@ -451,6 +451,7 @@ mod tests {
             applied_seq,
             epoch,
             role: Some(role),
+            learners_in_sync: Vec::new(),
             error: None,
         }
     }
