@@ -27,8 +27,11 @@ use crate::{
     election::LeaderElection,
     keys::Key,
     metrics,
-    model::{decode, encode, now_rfc3339, AssignmentRecord, RebalanceRecord},
-    rebalance::{plan_change_towards, plan_moves_to, target_placement, PlannedChange},
+    model::{decode, encode, now_rfc3339, AssignmentRecord, RebalanceRecord, ReplicaRecord},
+    rebalance::{
+        plan_change_towards, plan_moves_to, target_placement, vouches_for, ChangeKind,
+        PlannedChange,
+    },
     store::{Compare, MetadataStore, Op},
     view::{ClusterState, ClusterView},
     KeySchema, Result,
@@ -208,7 +211,7 @@ impl<'a> Leadership<'a> {
             .collect();
         let targets = target_placement(&planning, &eligible);
 
-        let mut changes: Vec<(String, u32, i64, PlannedChange)> = Vec::new();
+        let mut changes: Vec<(String, u32, Vec<Compare>, PlannedChange)> = Vec::new();
         for ((collection, shard), target) in &targets {
             let Some((assignment, revision)) = assignments.get(&(collection.clone(), *shard))
             else {
@@ -224,7 +227,22 @@ impl<'a> Leadership<'a> {
                 &planning,
                 &departed,
             ) {
-                changes.push((collection.clone(), *shard, *revision, change));
+                let mut guards = vec![Compare::ModRevision(
+                    schema.assignment(collection, *shard),
+                    *revision,
+                )];
+                if matches!(
+                    change.kind,
+                    ChangeKind::ReplaceWithLearner | ChangeKind::LearnerToVoter
+                ) {
+                    match switch_guards(store, schema, collection, *shard, assignment, &change)
+                        .await?
+                    {
+                        Some(more) => guards.extend(more),
+                        None => continue,
+                    }
+                }
+                changes.push((collection.clone(), *shard, guards, change));
             }
         }
 
@@ -232,9 +250,9 @@ impl<'a> Leadership<'a> {
             let mut compares = Vec::with_capacity(chunk.len() + 1);
             compares.push(fence.clone());
             let mut ops = Vec::with_capacity(chunk.len());
-            for (collection, shard, revision, change) in chunk {
+            for (collection, shard, guards, change) in chunk {
                 let key = schema.assignment(collection, *shard);
-                compares.push(Compare::ModRevision(key.clone(), *revision));
+                compares.extend(guards.iter().cloned());
                 ops.push(Op::Put {
                     key,
                     value: encode(&change.record),
@@ -426,6 +444,42 @@ async fn turns(flag: &mut watch::Receiver<bool>, value: bool) -> bool {
     flag.wait_for(|now| *now == value).await.is_ok()
 }
 
+/// The extra conditions of a change that switches a learner in for a voting replica, or
+/// `None` when a fresh read no longer supports it.
+///
+/// The plan rests on the primary's record vouching for the learner, read from the view. The
+/// primary stops vouching without publishing it first when it restarts (its records are
+/// written again) and when the learner's Searcher vanishes; so the switch is written only if
+/// the primary's record, freshly read, still vouches, and neither it nor the learner's
+/// registration changed since. (A change of the assignment itself is the other guard.)
+async fn switch_guards(
+    store: &dyn MetadataStore,
+    schema: &KeySchema,
+    collection: &str,
+    shard: u32,
+    assignment: &AssignmentRecord,
+    change: &PlannedChange,
+) -> Result<Option<Vec<Compare>>> {
+    let learner = change.searcher.as_str();
+    let primary_key = schema.replica(collection, shard, assignment.primary());
+    let learner_key = schema.searcher(learner);
+    let (Some(primary), Some(registration)) = (
+        store.get(&primary_key).await?,
+        store.get(&learner_key).await?,
+    ) else {
+        return Ok(None);
+    };
+    let vouched = decode::<ReplicaRecord>(&primary_key, &primary.value)
+        .is_ok_and(|record| vouches_for(&record, assignment.epoch, learner));
+    if !vouched {
+        return Ok(None);
+    }
+    Ok(Some(vec![
+        Compare::ModRevision(primary_key, primary.mod_revision),
+        Compare::ModRevision(learner_key, registration.mod_revision),
+    ]))
+}
+
 /// Every assignment with its mod revision, keyed by (collection, shard); malformed ones are
 /// skipped (and left alone) with a warning.
 async fn read_assignments(
@@ -500,13 +554,83 @@ mod tests {
     use super::*;
     use crate::{
         catalog::create_collection,
-        model::{Capacity, CollectionRecord, ReplicaPhase, ReplicaRecord, SearcherRecord},
+        model::{
+            Capacity, CollectionRecord, ReplicaPhase, ReplicaRecord, ReplicaRole, SearcherRecord,
+        },
         rebalance::target_replicas,
         store::LeaseId,
         testing::EtcdServer,
     };
 
     const PATIENCE: Duration = Duration::from_secs(20);
+
+    #[tokio::test]
+    async fn a_switch_is_written_only_while_the_primary_still_vouches() {
+        use crate::store::MemoryStore;
+        let store = MemoryStore::new();
+        let schema = KeySchema::default();
+        let mut assignment = AssignmentRecord::new(vec!["s1".into(), "s2".into()]);
+        assignment.learners = vec!["s3".into()];
+        let mut switched = assignment.clone();
+        switched.replicas[1] = "s3".into();
+        switched.learners.clear();
+        let change = PlannedChange {
+            kind: ChangeKind::ReplaceWithLearner,
+            searcher: "s3".into(),
+            replaced: Some("s2".into()),
+            record: switched,
+        };
+        let primary_key = schema.replica("docs", 0, "s1");
+        let put_primary = async |learners: &[&str]| {
+            let record = ReplicaRecord {
+                state: ReplicaPhase::Active,
+                point_count: 5,
+                applied_seq: 5,
+                epoch: assignment.epoch,
+                role: Some(ReplicaRole::Primary),
+                learners_in_sync: learners.iter().map(|id| id.to_string()).collect(),
+                error: None,
+            };
+            store
+                .put(&primary_key, encode(&record), None)
+                .await
+                .unwrap();
+        };
+        let guards = async || switch_guards(&store, &schema, "docs", 0, &assignment, &change).await;
+
+        // No word from the primary, or no registered learner: no switch.
+        assert_eq!(guards().await.unwrap(), None);
+        put_primary(&["s3"]).await;
+        assert_eq!(guards().await.unwrap(), None, "s3 is not registered");
+        store
+            .put(&schema.searcher("s3"), b"{}".to_vec(), None)
+            .await
+            .unwrap();
+        put_primary(&[]).await;
+        assert_eq!(guards().await.unwrap(), None, "the primary does not vouch");
+
+        put_primary(&["s3"]).await;
+        let vouched = guards().await.unwrap().expect("vouched for");
+        // The primary restarts (it republishes, no longer vouching) between the plan and
+        // the write: the guarded write is refused.
+        put_primary(&[]).await;
+        let put = Op::Put {
+            key: schema.assignment("docs", 0),
+            value: encode(&change.record),
+            lease: None,
+        };
+        assert!(!store.txn(vouched, vec![put.clone()]).await.unwrap());
+        // So is one planned before the learner's Searcher registered again.
+        put_primary(&["s3"]).await;
+        let vouched = guards().await.unwrap().expect("vouched for again");
+        store
+            .put(&schema.searcher("s3"), b"{}".to_vec(), None)
+            .await
+            .unwrap();
+        assert!(!store.txn(vouched, vec![put.clone()]).await.unwrap());
+        let vouched = guards().await.unwrap().expect("vouched for");
+        assert!(store.txn(vouched, vec![put]).await.unwrap());
+    }
 
     #[test]
     fn triggers_name_who_joined_and_left() {
@@ -577,6 +701,7 @@ mod tests {
                 applied_seq: seq,
                 epoch: 1,
                 role: None,
+                learners_in_sync: Vec::new(),
                 error: None,
             };
             self.store
@@ -584,6 +709,34 @@ mod tests {
                     &self.schema.replica(collection, shard, searcher),
                     encode(&record),
                     Some(self.leases[searcher]),
+                )
+                .await
+                .unwrap();
+        }
+
+        /// Publishes the record of the shard's current primary, as a ready primary that
+        /// vouches for every learner of its assignment (as a real one does once each
+        /// learner holds every write it acknowledged).
+        async fn vouch(&self, collection: &str, shard: u32) {
+            let assignment = self.assignment(collection, shard).await;
+            let primary = assignment.primary().to_string();
+            let record = ReplicaRecord {
+                state: ReplicaPhase::Active,
+                point_count: 10,
+                applied_seq: 10,
+                epoch: assignment.epoch,
+                role: Some(ReplicaRole::Primary),
+                learners_in_sync: assignment.learners.clone(),
+                error: None,
+            };
+            let Some(lease) = self.leases.get(&primary) else {
+                return;
+            };
+            self.store
+                .put(
+                    &self.schema.replica(collection, shard, &primary),
+                    encode(&record),
+                    Some(*lease),
                 )
                 .await
                 .unwrap();
@@ -761,14 +914,27 @@ mod tests {
         assert_eq!(record.pending_shards, moving.len() as u64);
         assert_eq!(record.finished_at, None);
 
-        // s4 catches up: ACTIVE at its primary's applied seq.
+        // s4 catches up: ACTIVE at its primary's applied seq. That is not enough to take a
+        // voting replica's place: the primary may have acknowledged more since.
         for shard in &moving {
             cluster.publish("docs", *shard, "s4", 10).await;
         }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        for shard in &moving {
+            let assignment = cluster.assignment("docs", *shard).await;
+            assert_eq!(
+                assignment.learners,
+                ["s4"],
+                "shard {shard} switched unvouched"
+            );
+            assert!(!assignment.replicas.contains(&"s4".to_string()));
+        }
+        // Its primary vouches for it (again after a handoff): it switches in.
         for shard in 0..16 {
             let target = target_replicas(&four, "docs", shard, 2);
             cluster
                 .wait_for("the target placement", async |cluster| {
+                    cluster.vouch("docs", shard).await;
                     let now = cluster.assignment("docs", shard).await;
                     let mut voting = now.replicas.clone();
                     voting.sort();
@@ -844,6 +1010,7 @@ mod tests {
         for shard in &hosted {
             cluster
                 .wait_for("s4 replaced", async |cluster| {
+                    cluster.vouch("docs", *shard).await;
                     let now = cluster.assignment("docs", *shard).await;
                     (!now.replicas.contains(&"s4".to_string()) && now.learners.is_empty())
                         .then_some(())

@@ -7,8 +7,9 @@
 //! Searchers: the live ones plus those gone for less than the rebalance delay, so a
 //! restarting Searcher moves no data. A shard gets to its target one change at a time,
 //! each safe on its own: a missing target Searcher first joins as a learner (it copies the
-//! shard but does not vote), and only once it has caught up with the primary does it take
-//! the place of a surplus voting replica, so a shard never has fewer voting replicas than
+//! shard but does not vote), and only once the primary vouches that it holds every
+//! acknowledged write (and makes later writes wait for it) does it take the place of a
+//! surplus voting replica, so a shard never has fewer voting replicas than
 //! its replication factor while a replacement is in progress and never more than one
 //! learner. A primary is never dropped: it hands off (a new epoch) first.
 
@@ -17,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    model::{AssignmentRecord, ReplicaPhase},
+    model::{AssignmentRecord, ReplicaPhase, ReplicaRecord, ReplicaRole},
     placement::{HashRing, DEFAULT_VIRTUAL_NODES},
     view::ClusterState,
 };
@@ -165,8 +166,8 @@ pub fn plan_step(
 ///    voting replica reporting ACTIVE with the highest applied seq (ties: `replicas` order)
 ///    becomes primary, first in `replicas`, epoch + 1. None qualifies: no change at all.
 /// 2. Learners: one no longer in the target, or not live and in `departed_past_delay`, is
-///    removed. One that is live, ACTIVE and at or past the primary's applied seq has caught
-///    up: it replaces a surplus (not in the target) voting replica other than the primary,
+///    removed. One that is live, ACTIVE and vouched for by the primary ([`vouches_for`])
+///    has caught up: it replaces a surplus (not in the target) voting replica other than the primary,
 ///    dead ones first; if the primary is the only surplus one, the primary first hands off
 ///    to the live, ACTIVE target voting replica with the highest applied seq (epoch + 1);
 ///    with nothing surplus, or nobody to hand off to, the learner becomes a voting replica.
@@ -308,18 +309,15 @@ fn plan_learners(
         });
     }
 
-    // A primary still booting may publish a seq below what it has; nothing is caught up
-    // with it until it serves again.
-    if !shard.active(primary) {
-        return None;
-    }
-    let primary_seq = shard.record_seq(primary)?;
+    // Published sequence numbers cannot tell that a learner caught up: the primary may have
+    // acknowledged more since it published, on replicas the switch is about to drop. Its
+    // own word can: it vouches for a learner once the learner holds every write it
+    // acknowledged, and waits for the learner on every write after.
+    let primary_record = shard.record(primary)?;
     let caught_up = assignment.learners.iter().find(|learner| {
         shard.live(learner)
             && shard.active(learner)
-            && shard
-                .record_seq(learner)
-                .is_some_and(|seq| seq >= primary_seq)
+            && vouches_for(primary_record, assignment.epoch, learner)
     })?;
     let surplus = assignment
         .replicas
@@ -358,6 +356,19 @@ fn plan_learners(
     })
 }
 
+/// Whether `primary_record`, the record of the primary of an assignment of `epoch`, vouches
+/// that `learner` holds every write it acknowledged (and that its writes wait for the
+/// learner from then on): only then may the learner take a voting replica's place.
+pub fn vouches_for(primary_record: &ReplicaRecord, epoch: u64, learner: &str) -> bool {
+    primary_record.state == ReplicaPhase::Active
+        && primary_record.role == Some(ReplicaRole::Primary)
+        && primary_record.epoch == epoch
+        && primary_record
+            .learners_in_sync
+            .iter()
+            .any(|id| id == learner)
+}
+
 /// What the rules need to know about one shard.
 struct ShardFacts<'a> {
     collection: &'a str,
@@ -381,10 +392,12 @@ impl ShardFacts<'_> {
             .is_some_and(|record| record.state == ReplicaPhase::Active)
     }
 
+    fn record(&self, searcher: &str) -> Option<&ReplicaRecord> {
+        self.state.replica(self.collection, self.shard, searcher)
+    }
+
     fn record_seq(&self, searcher: &str) -> Option<u64> {
-        self.state
-            .replica(self.collection, self.shard, searcher)
-            .map(|record| record.applied_seq)
+        self.record(searcher).map(|record| record.applied_seq)
     }
 
     /// The candidate with the highest published applied seq; the first of equals.
@@ -573,6 +586,27 @@ mod tests {
             }
         }
         state
+    }
+
+    /// Makes the record of the assignment's primary that of a ready primary vouching for
+    /// `learners`.
+    fn vouch(
+        state: &mut ClusterState,
+        collection: &str,
+        shard: u32,
+        assignment: &AssignmentRecord,
+        learners: &[String],
+    ) {
+        let key = (
+            collection.to_string(),
+            shard,
+            assignment.primary().to_string(),
+        );
+        if let Some(record) = state.replicas.get_mut(&key) {
+            record.role = Some(ReplicaRole::Primary);
+            record.epoch = assignment.epoch;
+            record.learners_in_sync = learners.to_vec();
+        }
     }
 
     fn set_replica(
@@ -766,6 +800,17 @@ mod tests {
                     set_replica(state, collection, shard, learner, phase, primary_seq);
                 }
             }
+            // The primary vouches for the learners that caught up.
+            let caught_up: Vec<String> = assignment
+                .learners
+                .iter()
+                .filter(|learner| {
+                    state.searchers.contains_key(*learner)
+                        && booting_for.get(*learner).is_some_and(|passes| *passes > 2)
+                })
+                .cloned()
+                .collect();
+            vouch(state, collection, shard, &assignment, &caught_up);
             let Some(change) = plan_change(
                 collection,
                 shard,
@@ -872,6 +917,50 @@ mod tests {
         }
         assert!(seen.contains(&ChangeKind::Handoff), "{seen:?}");
         assert_eq!(plan_moves(&state, &eligible).pending_shards, 0);
+    }
+
+    #[test]
+    fn a_learner_switches_in_only_on_its_primarys_word() {
+        let mut state = cluster(&["s1", "s2", "s3"], &["s1", "s2"], &[("docs", 1, 2)], 9);
+        let none = BTreeSet::new();
+        let shard = 0;
+        let mut assignment = state.assignment("docs", shard).unwrap().clone();
+        assignment.replicas = ids(&["s1", "s2"]);
+        assignment.primary = "s1".into();
+        assignment.learners = ids(&["s3"]);
+        // Whatever the ring says, make s2 surplus by targeting s1 and s3.
+        let target = ids(&["s1", "s3"]);
+        state
+            .assignments
+            .insert(("docs".into(), shard), assignment.clone());
+        set_replica(&mut state, "docs", shard, "s3", ReplicaPhase::Active, 7);
+        let plan = |state: &ClusterState| {
+            plan_change_towards(&target, "docs", shard, 2, &assignment, state, &none)
+                .map(|change| change.kind)
+        };
+        // At the primary's published seq, ACTIVE, yet the primary may have acknowledged
+        // more since, on s2 alone: not yet.
+        assert_eq!(plan(&state), None);
+        // A vouch from an earlier epoch, or from a record that is not the primary's, does
+        // not count.
+        let mut earlier = assignment.clone();
+        earlier.epoch -= 1;
+        vouch(&mut state, "docs", shard, &earlier, &ids(&["s3"]));
+        assert_eq!(plan(&state), None);
+        state
+            .replicas
+            .get_mut(&("docs".to_string(), shard, "s1".to_string()))
+            .unwrap()
+            .role = Some(ReplicaRole::Follower);
+        assert_eq!(plan(&state), None);
+        vouch(&mut state, "docs", shard, &assignment, &ids(&["s3"]));
+        assert_eq!(plan(&state), Some(ChangeKind::ReplaceWithLearner));
+        // Vouched for, but BOOTING again (it started over from a snapshot) or gone: no.
+        set_replica(&mut state, "docs", shard, "s3", ReplicaPhase::Booting, 7);
+        assert_eq!(plan(&state), None);
+        set_replica(&mut state, "docs", shard, "s3", ReplicaPhase::Active, 7);
+        state.searchers.remove("s3");
+        assert_eq!(plan(&state), None);
     }
 
     #[test]
