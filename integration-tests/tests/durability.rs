@@ -1,5 +1,6 @@
 //! Durable, self-healing shards, end to end: acknowledged writes survive a Searcher killed
-//! mid-stream and the loss of a shard's primary, a corrupt log record is caught and healed
+//! mid-stream, the loss of a shard's primary, and the loss of the primary the moment a
+//! learner was switched in for a voting replica; a corrupt log record is caught and healed
 //! from a peer (or fails the replica loudly when there is none), SIGTERM drains without
 //! failing a search, a restarted Searcher registers at once, and an etcd restart under load
 //! costs searches nothing.
@@ -467,6 +468,116 @@ async fn killing_a_primary_mid_ingest_promotes_another_and_loses_no_acknowledged
         state.last_primary.get(&0),
         Some(&new_primary),
         "the last acknowledged write of shard 0 names its primary"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_as_a_learner_switches_in_loses_no_acknowledged_write() {
+    // A learner takes a voting replica's place only once the primary vouches that it holds
+    // every acknowledged write; here the primary dies the moment a switch is seen, so the
+    // shard's acknowledged writes must be on the replicas the switch left it.
+    let lease_ttl_secs = 2;
+    let num_shards = 4;
+    let mut cluster = Cluster::start(3, lease_ttl_secs).await;
+    let mut client = cluster.client().await;
+    client
+        .create_collection(collection_config(
+            "switch",
+            DIM as u32,
+            v1::Metric::L2,
+            num_shards,
+            3,
+        ))
+        .await
+        .expect("create");
+    let writer = Writer::start(cluster.client().await, "switch", 120, 30, num_shards).await;
+    writer
+        .wait_for_more(5, Duration::from_secs(20), "writes before searcher-4 joins")
+        .await;
+    let added = cluster.add_searcher(&[]);
+    assert_eq!(cluster.searchers[added].id, "searcher-4");
+
+    let (shard, switched) = wait_for(
+        Duration::from_secs(60),
+        "a shard to take searcher-4 in as a voting replica",
+        async || {
+            let mut seen = Vec::new();
+            for shard in 0..num_shards {
+                let current = assignment(&cluster, "switch", shard);
+                let votes = current["replicas"]
+                    .as_array()
+                    .is_some_and(|ids| ids.iter().any(|id| id == "searcher-4"));
+                if votes {
+                    return Ok((shard, current));
+                }
+                seen.push(current);
+            }
+            Err(format!("assignments {seen:?}; {}", writer.summary()))
+        },
+    )
+    .await;
+    let primary = switched["primary"]
+        .as_str()
+        .filter(|primary| !primary.is_empty() && *primary != "searcher-4")
+        .unwrap_or_else(|| panic!("shard {shard} switched in searcher-4 as: {switched}"))
+        .to_string();
+    let epoch = switched["epoch"].as_u64().unwrap_or_default();
+    let victim = cluster.searcher_index(&primary);
+    cluster.searchers[victim].kill();
+    let acknowledged_at_kill = writer.acknowledged();
+
+    let promoted = wait_for(
+        Duration::from_secs(30),
+        &format!("shard {shard} to get a new primary after {primary} was killed"),
+        async || {
+            let current = assignment(&cluster, "switch", shard);
+            let now = current["primary"].as_str().unwrap_or_default().to_string();
+            if current["epoch"].as_u64().unwrap_or_default() > epoch && now != primary {
+                Ok(now)
+            } else {
+                Err(format!("assignment {current}"))
+            }
+        },
+    )
+    .await;
+    writer
+        .wait_for_more(
+            10,
+            Duration::from_secs(30),
+            "writes acknowledged after the primary died",
+        )
+        .await;
+    let state = writer.finish().await;
+    println!(
+        "shard {shard}: searcher-4 switched in under primary {primary} (epoch {epoch}), killed after {acknowledged_at_kill} acknowledged writes; {promoted} promoted; {} writes acknowledged, {} failed attempts",
+        state.acknowledged,
+        state.failures.len(),
+    );
+    assert!(state.gave_up.is_none(), "{:?}", state.gave_up);
+    let replicas = cluster
+        .wait_caught_up("switch", 2, Duration::from_secs(60))
+        .await;
+    assert!(
+        replicas[&shard].iter().any(|(id, _)| id == "searcher-4"),
+        "searcher-4 holds shard {shard}: {:?}",
+        replicas[&shard]
+            .iter()
+            .map(|(id, _)| id)
+            .collect::<Vec<_>>()
+    );
+    assert_every_replica_holds(
+        &cluster,
+        "switch",
+        num_shards,
+        &state.truth,
+        &replicas,
+        stale_round,
+    )
+    .await;
+    assert!(
+        state.violations.is_empty(),
+        "acknowledgements break the write contract: {:?}",
+        &state.violations[..state.violations.len().min(5)]
     );
 }
 
