@@ -212,6 +212,7 @@ impl<'a> Leadership<'a> {
         let targets = target_placement(&planning, &eligible);
 
         let mut changes: Vec<(String, u32, Vec<Compare>, PlannedChange)> = Vec::new();
+        let mut switches: Vec<(String, u32, Compare, PlannedChange)> = Vec::new();
         for ((collection, shard), target) in &targets {
             let Some((assignment, revision)) = assignments.get(&(collection.clone(), *shard))
             else {
@@ -227,69 +228,99 @@ impl<'a> Leadership<'a> {
                 &planning,
                 &departed,
             ) {
-                let mut guards = vec![Compare::ModRevision(
-                    schema.assignment(collection, *shard),
-                    *revision,
-                )];
+                let guard = Compare::ModRevision(schema.assignment(collection, *shard), *revision);
                 if matches!(
                     change.kind,
                     ChangeKind::ReplaceWithLearner | ChangeKind::LearnerToVoter
                 ) {
-                    match switch_guards(store, schema, collection, *shard, assignment, &change)
-                        .await?
-                    {
-                        Some(more) => guards.extend(more),
-                        None => continue,
-                    }
+                    switches.push((collection.clone(), *shard, guard, change));
+                } else {
+                    changes.push((collection.clone(), *shard, vec![guard], change));
                 }
-                changes.push((collection.clone(), *shard, guards, change));
             }
         }
 
         for chunk in changes.chunks(MAX_CHANGES_PER_TXN) {
-            let mut compares = Vec::with_capacity(chunk.len() + 1);
-            compares.push(fence.clone());
-            let mut ops = Vec::with_capacity(chunk.len());
-            for (collection, shard, guards, change) in chunk {
-                let key = schema.assignment(collection, *shard);
-                compares.extend(guards.iter().cloned());
-                ops.push(Op::Put {
-                    key,
-                    value: encode(&change.record),
-                    lease: None,
-                });
+            if self.write_changes(chunk, &fence).await? {
+                for (collection, shard, _, change) in chunk {
+                    planning
+                        .assignments
+                        .insert((collection.clone(), *shard), change.record.clone());
+                }
             }
-            if !store.txn(compares, ops).await? {
-                metrics::write_conflict();
-                tracing::info!(
-                    shards = chunk.len(),
-                    "assignments or leadership changed since they were read; planning again"
-                );
-                continue;
-            }
-            for (collection, shard, _, change) in chunk {
-                let record = &change.record;
-                tracing::info!(
-                    collection = %collection,
-                    shard,
-                    change = %change.kind,
-                    searcher = %change.searcher,
-                    replaced = change.replaced.as_deref().unwrap_or(""),
-                    primary = record.primary(),
-                    replicas = ?record.replicas,
-                    learners = ?record.learners,
-                    epoch = record.epoch,
-                    "assignment changed"
-                );
-                metrics::assignment_changed(change.kind);
+        }
+        // A primary republishes its record as its counters move, so each switch is written
+        // on its own, its guard read just before: one record that moved fails only its own
+        // switch, never a chunk of other shards' changes.
+        for (collection, shard, guard, change) in switches {
+            let assignment = &assignments[&(collection.clone(), shard)].0;
+            let vouched = match switch_guard(store, schema, &collection, shard, assignment, &change)
+                .await
+            {
+                Ok(Some(vouched)) => vouched,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::warn!(%collection, shard, %error, "could not read the primary's record; switching at the next pass");
+                    continue;
+                }
+            };
+            let write = [(collection.clone(), shard, vec![guard, vouched], change)];
+            if self.write_changes(&write, &fence).await? {
+                let [(collection, shard, _, change)] = write;
                 planning
                     .assignments
-                    .insert((collection.clone(), *shard), record.clone());
+                    .insert((collection, shard), change.record);
             }
         }
 
         self.record_rebalance(&planning, &eligible, &targets, fence)
             .await
+    }
+
+    /// Writes `changes` in one transaction guarded by the leader key and each change's own
+    /// guards; false (and planned again at the next pass) when a guard failed.
+    async fn write_changes(
+        &self,
+        changes: &[(String, u32, Vec<Compare>, PlannedChange)],
+        fence: &Compare,
+    ) -> Result<bool> {
+        let store = self.controller.store.as_ref();
+        let schema = &self.controller.schema;
+        let mut compares = vec![fence.clone()];
+        let mut ops = Vec::with_capacity(changes.len());
+        for (collection, shard, guards, change) in changes {
+            compares.extend(guards.iter().cloned());
+            ops.push(Op::Put {
+                key: schema.assignment(collection, *shard),
+                value: encode(&change.record),
+                lease: None,
+            });
+        }
+        if !store.txn(compares, ops).await? {
+            metrics::write_conflict();
+            tracing::info!(
+                shards = changes.len(),
+                "assignments, a primary's record or leadership changed since they were read; planning again"
+            );
+            return Ok(false);
+        }
+        for (collection, shard, _, change) in changes {
+            let record = &change.record;
+            tracing::info!(
+                collection = %collection,
+                shard,
+                change = %change.kind,
+                searcher = %change.searcher,
+                replaced = change.replaced.as_deref().unwrap_or(""),
+                primary = record.primary(),
+                replicas = ?record.replicas,
+                learners = ?record.learners,
+                epoch = record.epoch,
+                "assignment changed"
+            );
+            metrics::assignment_changed(change.kind);
+        }
+        Ok(true)
     }
 
     /// Updates the missing-since clocks from the live Searchers and the assignments'
@@ -444,40 +475,30 @@ async fn turns(flag: &mut watch::Receiver<bool>, value: bool) -> bool {
     flag.wait_for(|now| *now == value).await.is_ok()
 }
 
-/// The extra conditions of a change that switches a learner in for a voting replica, or
-/// `None` when a fresh read no longer supports it.
+/// The condition a change that switches a learner in for a voting replica is written
+/// under, or `None` when a fresh read of the primary's record no longer supports it.
 ///
-/// The plan rests on the primary's record vouching for the learner, read from the view. The
-/// primary stops vouching without publishing it first when it restarts (its records are
-/// written again) and when the learner's Searcher vanishes; so the switch is written only if
-/// the primary's record, freshly read, still vouches, and neither it nor the learner's
-/// registration changed since. (A change of the assignment itself is the other guard.)
-async fn switch_guards(
+/// The plan rests on the primary's record, read from the view, vouching for the learner.
+/// A primary that stops vouching keeps waiting for the learner on every write until a
+/// record that no longer lists it is in etcd (`searcher/src/replication.rs`), so the
+/// vouch holds for as long as the record that carries it is the current one: the switch
+/// is written only if the primary's record, freshly read, vouches, and has not changed
+/// since. (The assignment's own revision is the other guard.)
+async fn switch_guard(
     store: &dyn MetadataStore,
     schema: &KeySchema,
     collection: &str,
     shard: u32,
     assignment: &AssignmentRecord,
     change: &PlannedChange,
-) -> Result<Option<Vec<Compare>>> {
-    let learner = change.searcher.as_str();
+) -> Result<Option<Compare>> {
     let primary_key = schema.replica(collection, shard, assignment.primary());
-    let learner_key = schema.searcher(learner);
-    let (Some(primary), Some(registration)) = (
-        store.get(&primary_key).await?,
-        store.get(&learner_key).await?,
-    ) else {
+    let Some(primary) = store.get(&primary_key).await? else {
         return Ok(None);
     };
     let vouched = decode::<ReplicaRecord>(&primary_key, &primary.value)
-        .is_ok_and(|record| vouches_for(&record, assignment.epoch, learner));
-    if !vouched {
-        return Ok(None);
-    }
-    Ok(Some(vec![
-        Compare::ModRevision(primary_key, primary.mod_revision),
-        Compare::ModRevision(learner_key, registration.mod_revision),
-    ]))
+        .is_ok_and(|record| vouches_for(&record, assignment.epoch, &change.searcher));
+    Ok(vouched.then_some(Compare::ModRevision(primary_key, primary.mod_revision)))
 }
 
 /// Every assignment with its mod revision, keyed by (collection, shard); malformed ones are
@@ -596,40 +617,27 @@ mod tests {
                 .await
                 .unwrap();
         };
-        let guards = async || switch_guards(&store, &schema, "docs", 0, &assignment, &change).await;
+        let guard = async || switch_guard(&store, &schema, "docs", 0, &assignment, &change).await;
 
-        // No word from the primary, or no registered learner: no switch.
-        assert_eq!(guards().await.unwrap(), None);
-        put_primary(&["s3"]).await;
-        assert_eq!(guards().await.unwrap(), None, "s3 is not registered");
-        store
-            .put(&schema.searcher("s3"), b"{}".to_vec(), None)
-            .await
-            .unwrap();
+        // No word from the primary, or a word that does not vouch: no switch.
+        assert_eq!(guard().await.unwrap(), None);
         put_primary(&[]).await;
-        assert_eq!(guards().await.unwrap(), None, "the primary does not vouch");
+        assert_eq!(guard().await.unwrap(), None, "the primary does not vouch");
 
         put_primary(&["s3"]).await;
-        let vouched = guards().await.unwrap().expect("vouched for");
-        // The primary restarts (it republishes, no longer vouching) between the plan and
-        // the write: the guarded write is refused.
+        let vouched = guard().await.unwrap().expect("vouched for");
+        // The primary republishes between the plan and the write, no longer vouching (the
+        // learner stalled or left, or the primary restarted): the guarded write is refused.
         put_primary(&[]).await;
         let put = Op::Put {
             key: schema.assignment("docs", 0),
             value: encode(&change.record),
             lease: None,
         };
-        assert!(!store.txn(vouched, vec![put.clone()]).await.unwrap());
-        // So is one planned before the learner's Searcher registered again.
+        assert!(!store.txn(vec![vouched], vec![put.clone()]).await.unwrap());
         put_primary(&["s3"]).await;
-        let vouched = guards().await.unwrap().expect("vouched for again");
-        store
-            .put(&schema.searcher("s3"), b"{}".to_vec(), None)
-            .await
-            .unwrap();
-        assert!(!store.txn(vouched, vec![put.clone()]).await.unwrap());
-        let vouched = guards().await.unwrap().expect("vouched for");
-        assert!(store.txn(vouched, vec![put]).await.unwrap());
+        let vouched = guard().await.unwrap().expect("vouched for again");
+        assert!(store.txn(vec![vouched], vec![put]).await.unwrap());
     }
 
     #[test]

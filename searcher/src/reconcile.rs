@@ -454,13 +454,14 @@ impl Reconciler {
         let epoch = assignment.as_ref().map_or(0, |assignment| assignment.epoch);
         let role = assignment.and_then(|assignment| assignment.role_of(self.node.id()));
         // Only a primary ready for writes in the assignment's epoch vouches for learners.
-        let learners_in_sync = match self.node.shard_state(&key.0, key.1) {
+        let shard = self.node.shard_state(&key.0, key.1);
+        let learners_in_sync = match &shard {
             Some(shard)
                 if phase == ReplicaPhase::Active
                     && role == Some(ReplicaRole::Primary)
                     && shard.ready_epoch() == epoch =>
             {
-                shard.log.learners_in_sync()
+                shard.log.learners_to_vouch_for()
             }
             _ => Vec::new(),
         };
@@ -470,15 +471,20 @@ impl Reconciler {
             applied_seq: counters.applied_seq,
             epoch,
             role,
-            learners_in_sync,
+            learners_in_sync: learners_in_sync.clone(),
             error: None,
         };
-        self.publish_record(key, record).await;
+        if self.publish_record(key, record).await {
+            if let Some(shard) = shard {
+                shard.log.published(&learners_in_sync);
+            }
+        }
     }
 
-    async fn publish_record(&mut self, key: &(String, u32), record: ReplicaRecord) {
+    /// Puts the record unless etcd holds it already; true when etcd holds it.
+    async fn publish_record(&mut self, key: &(String, u32), record: ReplicaRecord) -> bool {
         if self.published.get(key) == Some(&record) {
-            return;
+            return true;
         }
         let etcd_key = self.schema.replica(&key.0, key.1, self.node.id());
         match self
@@ -490,10 +496,12 @@ impl Reconciler {
                 crate::metrics::set_replica_points(&key.0, key.1, record.point_count);
                 crate::metrics::set_replica_state(&key.0, key.1, record.state, record.role);
                 self.published.insert(key.clone(), record);
+                true
             }
             Err(error) => {
                 // Retried on the next tick, since `published` still holds the old value.
                 tracing::warn!(key = %etcd_key, %error, "could not publish replica status");
+                false
             }
         }
     }

@@ -165,19 +165,43 @@ struct FollowerProgress {
 
 /// What a primary's acknowledgement decisions read, kept under one lock so that each
 /// decision sees one consistent state.
+///
+/// A learner goes through three sets on its way to being switched in (see
+/// [`ShardLog::record_progress`]): `joining` once it is within one pull of the log's head
+/// (writes after that point wait for it, so the acknowledged writes cannot keep running
+/// ahead of it), `in_sync` once it holds every acknowledged write (every write waits for
+/// it, and the primary publishes it: the placement controller switches a learner in only
+/// on that word), and `retiring` when the primary stops vouching for it. A retiring learner
+/// is still waited for until a record that no longer lists it is in etcd
+/// ([`ShardLog::published`]); the controller's switch is guarded by that record's revision,
+/// so it can never land on a vouch the primary has already stopped honouring.
 #[derive(Debug, Default)]
 struct Acks {
     followers: HashMap<String, FollowerProgress>,
     members: QuorumMembers,
-    /// Learners found holding every write this primary acknowledged. Each write waits for
-    /// them as well from then on, for as long as they are live learners, so the placement
-    /// controller can switch one in for a voting replica (it waits for the primary to
-    /// publish this set) without a write acknowledged by the leaving replica missing from a
-    /// majority of the new set.
-    learners_in_sync: BTreeSet<String>,
+    /// Learner → the log head when it joined: writes after it wait for the learner.
+    joining: BTreeMap<String, u64>,
+    in_sync: BTreeSet<String>,
+    retiring: BTreeSet<String>,
     /// The highest sequence number acknowledged in this term; at the start of a term, the
     /// end of the log, since any of it may have been acknowledged by an earlier primary.
     acknowledged_seq: u64,
+}
+
+impl Acks {
+    /// Whether the write `seq` must wait for `learner`.
+    fn waits_for(&self, learner: &str, seq: u64) -> bool {
+        self.in_sync.contains(learner)
+            || self.retiring.contains(learner)
+            || self.joining.get(learner).is_some_and(|head| seq > *head)
+    }
+
+    fn stop_vouching(&mut self, learner: &str) {
+        if self.in_sync.remove(learner) {
+            self.retiring.insert(learner.to_string());
+        }
+        self.joining.remove(learner);
+    }
 }
 
 /// The primary side: recent records for followers and what each follower acknowledged.
@@ -258,11 +282,17 @@ impl ShardLog {
         if acks.members == members {
             return;
         }
-        // A learner that turned voter, left, or lost its Searcher is waited for no longer;
-        // the controller's switch is guarded by the assignment and the learner's
-        // registration, so it cannot land on the strength of an attestation dropped here.
-        acks.learners_in_sync
-            .retain(|learner| members.live_learners.contains(learner));
+        // A learner that turned voter, left, or lost its Searcher is vouched for no longer.
+        let gone: Vec<String> = acks
+            .in_sync
+            .iter()
+            .chain(acks.joining.keys())
+            .filter(|learner| !members.live_learners.contains(*learner))
+            .cloned()
+            .collect();
+        for learner in gone {
+            acks.stop_vouching(&learner);
+        }
         acks.members = members;
         drop(acks);
         self.acks_changed.notify_waiters();
@@ -270,21 +300,57 @@ impl ShardLog {
 
     fn begin_term(&self, applied_seq: u64) {
         let mut acks = self.acks();
+        // A vouch names its epoch, and the controller honours only the current one.
         acks.followers.clear();
-        acks.learners_in_sync.clear();
+        acks.joining.clear();
+        acks.in_sync.clear();
+        acks.retiring.clear();
         acks.acknowledged_seq = applied_seq;
         drop(acks);
         self.acks_changed.notify_waiters();
     }
 
-    /// The learners this primary vouches for: each holds every write it acknowledged.
-    pub fn learners_in_sync(&self) -> Vec<String> {
-        self.acks().learners_in_sync.iter().cloned().collect()
+    /// The learners to publish as in sync: each holds every write this primary
+    /// acknowledged, and every write waits for it. One that has not pulled for
+    /// [`IN_SYNC_WINDOW`] is vouched for no longer, so a learner that died or stalled
+    /// holds writes up only until the record without it is published.
+    pub fn learners_to_vouch_for(&self) -> Vec<String> {
+        let mut acks = self.acks();
+        let silent: Vec<String> = acks
+            .in_sync
+            .iter()
+            .chain(acks.joining.keys())
+            .filter(|learner| {
+                acks.followers
+                    .get(*learner)
+                    .is_none_or(|progress| progress.last_seen.elapsed() >= IN_SYNC_WINDOW)
+            })
+            .cloned()
+            .collect();
+        for learner in silent {
+            acks.stop_vouching(&learner);
+        }
+        acks.in_sync.iter().cloned().collect()
     }
 
-    /// Notes that `follower` holds every record up to `acked_seq`. Returns true when this
-    /// makes a live learner in sync (it holds every acknowledged write), which the primary
-    /// should publish.
+    /// Called once etcd holds a record of this replica listing `vouched` as in sync:
+    /// the learners retiring and not listed are waited for no longer.
+    pub fn published(&self, vouched: &[String]) {
+        let mut acks = self.acks();
+        let before = acks.retiring.len();
+        acks.retiring
+            .retain(|learner| vouched.iter().any(|id| id == learner));
+        let changed = acks.retiring.len() != before;
+        drop(acks);
+        if changed {
+            self.acks_changed.notify_waiters();
+        }
+    }
+
+    /// Notes that `follower` holds every record up to `acked_seq`. A live learner within
+    /// one pull of the log's head joins (writes after the head wait for it); one that holds
+    /// every acknowledged write becomes in sync, and then this returns true: the primary
+    /// should publish it.
     pub fn record_progress(&self, follower: &str, acked_seq: u64) -> bool {
         let mut acks = self.acks();
         acks.followers.insert(
@@ -294,17 +360,30 @@ impl ShardLog {
                 last_seen: Instant::now(),
             },
         );
-        let joined = acked_seq >= acks.acknowledged_seq
-            && acks.members.live_learners.contains(follower)
-            && acks.learners_in_sync.insert(follower.to_string());
+        let mut now_in_sync = false;
+        if acks.members.live_learners.contains(follower) && !acks.in_sync.contains(follower) {
+            if acked_seq >= acks.acknowledged_seq {
+                acks.joining.remove(follower);
+                acks.in_sync.insert(follower.to_string());
+                now_in_sync = true;
+            } else if !acks.joining.contains_key(follower) {
+                // Read under the lock that acknowledgements are decided under: a write
+                // past this head is decided after the join, and waits for the learner.
+                let head = *self.appended.borrow();
+                if acked_seq + PULL_MAX_RECORDS as u64 >= head {
+                    acks.joining.insert(follower.to_string(), head);
+                }
+            }
+        }
         drop(acks);
         self.acks_changed.notify_waiters();
-        joined
+        now_in_sync
     }
 
     /// Waits until the write `seq` (which the primary holds already) is held by
     /// `write_quorum` voting replicas, the primary included, plus one more per voting
-    /// replica beyond the replication factor, and by every learner in sync; then a little
+    /// replica beyond the replication factor, and by every learner it must wait for
+    /// (see [`Acks`]); then a little
     /// longer for voters that are in sync. Gives up at `deadline`. The members are read
     /// afresh at every step, so an assignment that changes while the write waits counts at
     /// once. Returns the replicas other than the primary that hold the write and whether
@@ -336,8 +415,20 @@ impl ShardLog {
                     .cloned()
                     .collect();
                 let voters_holding = acked.len();
-                let learners_hold = acks.learners_in_sync.iter().all(&holds);
-                acked.extend(acks.learners_in_sync.iter().filter(|id| holds(id)).cloned());
+                let waited_for: Vec<&String> = acks
+                    .members
+                    .live_learners
+                    .iter()
+                    .chain(acks.in_sync.iter())
+                    .chain(acks.retiring.iter())
+                    .filter(|learner| acks.waits_for(learner, seq))
+                    .collect();
+                let learners_hold = waited_for.iter().all(|learner| holds(learner));
+                for learner in waited_for {
+                    if holds(learner) && !acked.contains(learner) {
+                        acked.push(learner.clone());
+                    }
+                }
                 let in_sync_missing = acks
                     .members
                     .voters
@@ -1150,21 +1241,23 @@ mod tests {
         let log = Arc::new(ShardLog::new());
         log.set_members(members(&["b", "c"], 0, &["d"]));
         // Write 1 is acknowledged without the learner, which has not pulled yet.
+        log.push(upsert(1));
         log.record_progress("b", 1);
         assert!(log.await_quorum(1, 2, in_5s()).await.1);
         assert!(
             !log.record_progress("d", 0),
             "d misses acknowledged write 1"
         );
-        assert!(log.learners_in_sync().is_empty());
+        assert!(log.learners_to_vouch_for().is_empty());
         assert!(
             log.record_progress("d", 1),
             "d holds every acknowledged write"
         );
-        assert_eq!(log.learners_in_sync(), vec!["d".to_string()]);
+        assert_eq!(log.learners_to_vouch_for(), ["d"]);
         assert!(!log.record_progress("d", 1), "announced once");
 
         // From now on a voting quorum is not enough: d must hold each write too.
+        log.push(upsert(2));
         let waiter = wait_for(&log, 2, 2);
         log.record_progress("b", 2);
         log.record_progress("c", 2);
@@ -1178,18 +1271,23 @@ mod tests {
         assert!(reached);
         assert_eq!(acked, ["b", "c", "d"].map(String::from));
 
-        // d replaced c: it is a voter now and counts like one.
+        // d replaced c. Until a record that no longer vouches for d is in etcd, a switch
+        // planned on the old one could still land, so writes still wait for d.
         log.set_members(members(&["b", "d"], 0, &[]));
-        assert!(log.learners_in_sync().is_empty());
+        assert!(log.learners_to_vouch_for().is_empty());
+        log.push(upsert(3));
         let waiter = wait_for(&log, 3, 2);
         log.record_progress("b", 3);
-        assert!(waiter.await.unwrap().1);
+        assert!(still_waiting(&waiter).await, "d is retiring, not retired");
+        log.published(&[]);
+        assert!(waiter.await.unwrap().1, "a voter now, d counts like one");
     }
 
     #[tokio::test]
     async fn a_write_waiting_on_the_old_members_sees_the_learner_join() {
         let log = Arc::new(ShardLog::new());
         log.set_members(members(&["b", "c"], 0, &["d"]));
+        log.push(upsert(1));
         let waiter = wait_for(&log, 1, 2);
         // d pulls before anything was acknowledged: in sync, so write 1 now needs it.
         assert!(log.record_progress("d", 0));
@@ -1203,18 +1301,87 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_learner_that_leaves_or_is_gone_is_not_waited_for() {
+    async fn a_learner_trailing_a_stream_of_writes_catches_it() {
+        let log = Arc::new(ShardLog::new());
+        log.set_members(members(&["b", "c"], 0, &["d"]));
+        for seq in 1..=6 {
+            log.push(upsert(seq));
+        }
+        log.record_progress("b", 5);
+        assert!(log.await_quorum(5, 2, in_5s()).await.1);
+        // d trails the acknowledged writes but is within a pull of the head (6): it joins,
+        // so write 6 may go without it but write 7 may not, and acknowledgements stop
+        // running ahead of it.
+        assert!(!log.record_progress("d", 3));
+        log.record_progress("b", 6);
+        assert!(log.await_quorum(6, 2, in_5s()).await.1);
+        log.push(upsert(7));
+        let waiter = wait_for(&log, 7, 2);
+        log.record_progress("b", 7);
+        assert!(still_waiting(&waiter).await, "d joined before write 7");
+        assert!(!log.record_progress("d", 5), "write 6 was acknowledged");
+        assert!(
+            log.record_progress("d", 7),
+            "d holds every acknowledged write"
+        );
+        assert!(waiter.await.unwrap().1);
+        assert_eq!(log.learners_to_vouch_for(), ["d"]);
+    }
+
+    #[tokio::test]
+    async fn a_learner_far_behind_is_not_waited_for() {
+        let log = Arc::new(ShardLog::new());
+        log.set_members(members(&["b"], 0, &["d"]));
+        log.push(upsert(5000));
+        log.record_progress("b", 5000);
+        assert!(log.await_quorum(5000, 2, in_5s()).await.1);
+        assert!(!log.record_progress("d", 10));
+        log.push(upsert(5001));
+        log.record_progress("b", 5001);
+        assert!(log.await_quorum(5001, 2, in_5s()).await.1);
+    }
+
+    #[tokio::test]
+    async fn a_learner_that_leaves_or_is_gone_is_not_waited_for_once_published() {
         let log = Arc::new(ShardLog::new());
         log.set_members(members(&["b", "c"], 0, &["d"]));
         assert!(log.record_progress("d", 0));
+        log.push(upsert(1));
         let waiter = wait_for(&log, 1, 2);
         log.record_progress("b", 1);
         assert!(still_waiting(&waiter).await);
-        // d's Searcher vanished from the view: it can no longer be switched in.
+        // d's Searcher vanished from the view; the record still vouching for it is in etcd
+        // until the next publish, and writes wait for d until then.
         log.set_members(members(&["b", "c"], 0, &[]));
+        assert!(log.learners_to_vouch_for().is_empty());
+        assert!(still_waiting(&waiter).await);
+        log.published(&["d".to_string()]);
+        assert!(
+            still_waiting(&waiter).await,
+            "that record still vouches for d"
+        );
+        log.published(&[]);
         assert!(waiter.await.unwrap().1);
-        assert!(log.learners_in_sync().is_empty());
         assert!(!log.record_progress("d", 1), "not a live learner");
+    }
+
+    #[tokio::test]
+    async fn a_silent_learner_is_vouched_for_no_longer() {
+        let log = Arc::new(ShardLog::new());
+        log.set_members(members(&["b"], 0, &["d"]));
+        assert!(log.record_progress("d", 0));
+        assert_eq!(log.learners_to_vouch_for(), ["d"]);
+        tokio::time::sleep(IN_SYNC_WINDOW + Duration::from_millis(100)).await;
+        assert!(log.learners_to_vouch_for().is_empty(), "d stopped pulling");
+        log.push(upsert(1));
+        log.record_progress("b", 1);
+        let quick = tokio::time::Instant::now() + Duration::from_millis(50);
+        assert!(
+            !log.await_quorum(1, 2, quick).await.1,
+            "retiring until published"
+        );
+        log.published(&[]);
+        assert!(log.await_quorum(1, 2, in_5s()).await.1);
     }
 
     #[tokio::test]
@@ -1236,6 +1403,7 @@ mod tests {
         log.set_members(members(&["b", "c"], 0, &["d"]));
         // Promoted with 40 records, any of which an earlier primary may have acknowledged.
         log.begin_term(40);
+        log.push(upsert(40));
         assert!(!log.record_progress("d", 39));
         assert!(log.record_progress("d", 40));
         // A follower's progress from an earlier term does not carry over.
