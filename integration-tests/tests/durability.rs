@@ -275,6 +275,34 @@ fn assignment(cluster: &Cluster, collection: &str, shard: u32) -> serde_json::Va
         .unwrap_or_else(|| panic!("no assignment for {collection}/{shard}"))
 }
 
+/// Waits until etcd names another primary than `old_primary` for the shard, in a later
+/// epoch than `old_epoch`; returns it and its epoch.
+async fn wait_for_new_primary(
+    cluster: &Cluster,
+    collection: &str,
+    shard: u32,
+    old_primary: &str,
+    old_epoch: u64,
+) -> (String, u64) {
+    wait_for(
+        Duration::from_secs(30),
+        &format!(
+            "{collection}/{shard} to get a new primary after {old_primary} (epoch {old_epoch}) was killed"
+        ),
+        async || {
+            let current = assignment(cluster, collection, shard);
+            let primary = current["primary"].as_str().unwrap_or_default().to_string();
+            let epoch = current["epoch"].as_u64().unwrap_or_default();
+            if epoch > old_epoch && !primary.is_empty() && primary != old_primary {
+                Ok((primary, epoch))
+            } else {
+                Err(format!("assignment {current}"))
+            }
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_searcher_sigkilled_during_a_write_stream_loses_no_acknowledged_write() {
     // A short lease, so etcd notices the dead Searcher (and any primary it held moves) fast;
@@ -386,21 +414,8 @@ async fn killing_a_primary_mid_ingest_promotes_another_and_loses_no_acknowledged
     let victim = cluster.searcher_index(&old_primary);
     cluster.searchers[victim].kill();
 
-    let (new_primary, new_epoch) = wait_for(
-        Duration::from_secs(30),
-        &format!("shard 0 to get a new primary after {old_primary} (epoch {old_epoch}) was killed"),
-        async || {
-            let current = assignment(&cluster, "failover", 0);
-            let primary = current["primary"].as_str().unwrap_or_default().to_string();
-            let epoch = current["epoch"].as_u64().unwrap_or_default();
-            if epoch > old_epoch && !primary.is_empty() && primary != old_primary {
-                Ok((primary, epoch))
-            } else {
-                Err(format!("assignment {current}"))
-            }
-        },
-    )
-    .await;
+    let (new_primary, new_epoch) =
+        wait_for_new_primary(&cluster, "failover", 0, &old_primary, old_epoch).await;
     writer
         .wait_for_more(
             10,
@@ -526,20 +541,7 @@ async fn a_primary_killed_as_a_learner_switches_in_loses_no_acknowledged_write()
     cluster.searchers[victim].kill();
     let acknowledged_at_kill = writer.acknowledged();
 
-    let promoted = wait_for(
-        Duration::from_secs(30),
-        &format!("shard {shard} to get a new primary after {primary} was killed"),
-        async || {
-            let current = assignment(&cluster, "switch", shard);
-            let now = current["primary"].as_str().unwrap_or_default().to_string();
-            if current["epoch"].as_u64().unwrap_or_default() > epoch && now != primary {
-                Ok(now)
-            } else {
-                Err(format!("assignment {current}"))
-            }
-        },
-    )
-    .await;
+    let (promoted, _) = wait_for_new_primary(&cluster, "switch", shard, &primary, epoch).await;
     writer
         .wait_for_more(
             10,
