@@ -30,25 +30,7 @@ quiver_log "building release binaries (the first build takes a few minutes)"
 cargo build --release --bins --quiet
 bin="$target_dir/release"
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/quiver-bench.XXXXXX")
-mkdir -p "$work/logs"
-pids=()
-etcd_pid=""
-cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    quiver_log "stopping the clusters"
-    if [ "${#pids[@]}" -gt 0 ]; then stop_processes "${pids[@]}"; fi
-    if [ -n "$etcd_pid" ]; then stop_processes "$etcd_pid"; fi
-    if [ "${QUIVER_KEEP:-0}" = 1 ]; then
-        quiver_log "kept logs in $work"
-    else
-        rm -rf "$work"
-    fi
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+quiver_start_work quiver-bench
 
 start_etcd bench 24790
 
@@ -68,7 +50,7 @@ for size in 1 2 3; do
             --etcd-endpoints "$etcd_endpoint" --etcd-prefix "$prefix" \
             --data-dir "$work/$name" --ready-file "$work/$name.ready" \
             >"$work/logs/$name.log" 2>&1 &
-        pids+=($!)
+        service_pids+=($!)
     done
     for number in $(seq "$size"); do
         name="c$size-s$number"
@@ -78,7 +60,7 @@ for size in 1 2 3; do
     "$bin/quiver-merger" --listen 127.0.0.1:0 --etcd-endpoints "$etcd_endpoint" \
         --etcd-prefix "$prefix" --ready-file "$work/merger$size.ready" \
         >"$work/logs/merger$size.log" 2>&1 &
-    pids+=($!)
+    service_pids+=($!)
     wait_for_file "$work/merger$size.ready" "merger$size" "$work/logs/merger$size.log"
     merger=$(cat "$work/merger$size.ready")
     quiver_log "cluster $size: $size searcher(s), merger at $merger; loading"
@@ -92,7 +74,7 @@ for size in 1 2 3; do
         "$bin/quiver-merger" --listen 127.0.0.1:0 --etcd-endpoints "$etcd_endpoint" \
             --etcd-prefix "$prefix" --worker-threads 1 --ready-file "$work/merger1w.ready" \
             >"$work/logs/merger1w.log" 2>&1 &
-        pids+=($!)
+        service_pids+=($!)
         wait_for_file "$work/merger1w.ready" "merger1w" "$work/logs/merger1w.log"
         targets+=(--target "kind=merger,name=merger-1-one-worker,searchers=1,collection=bench,address=$(cat "$work/merger1w.ready")")
     fi

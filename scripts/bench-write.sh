@@ -33,25 +33,7 @@ quiver_log "building release binaries (the first build takes a few minutes)"
 cargo build --release --bins --quiet
 bin="$target_dir/release"
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/quiver-bench-write.XXXXXX")
-mkdir -p "$work/logs"
-pids=()
-etcd_pid=""
-cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    quiver_log "stopping the clusters"
-    if [ "${#pids[@]}" -gt 0 ]; then stop_processes "${pids[@]}"; fi
-    if [ -n "$etcd_pid" ]; then stop_processes "$etcd_pid"; fi
-    if [ "${QUIVER_KEEP:-0}" = 1 ]; then
-        quiver_log "kept logs in $work"
-    else
-        rm -rf "$work"
-    fi
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+quiver_start_work quiver-bench-write
 
 # The first 1,000 vectors: an .fvecs record is a 4-byte dimension and 128 floats.
 small="$work/siftsmall_first1000.fvecs"
@@ -70,7 +52,7 @@ for policy in "${policies[@]}"; do
             --etcd-endpoints "$etcd_endpoint" --etcd-prefix "$prefix" \
             --data-dir "$work/$name" --ready-file "$work/$name.ready" --wal-sync "$policy" \
             >"$work/logs/$name.log" 2>&1 &
-        pids+=($!)
+        service_pids+=($!)
     done
     for number in 1 2 3; do
         wait_for_file "$work/$tag-s$number.ready" "$tag-s$number" "$work/logs/$tag-s$number.log"
@@ -78,7 +60,7 @@ for policy in "${policies[@]}"; do
     "$bin/quiver-merger" --listen 127.0.0.1:0 --etcd-endpoints "$etcd_endpoint" \
         --etcd-prefix "$prefix" --ready-file "$work/$tag-merger.ready" \
         >"$work/logs/$tag-merger.log" 2>&1 &
-    pids+=($!)
+    service_pids+=($!)
     wait_for_file "$work/$tag-merger.ready" "$tag-merger" "$work/logs/$tag-merger.log"
     merger_of[$policy]=$(cat "$work/$tag-merger.ready")
     for rf in 1 3; do

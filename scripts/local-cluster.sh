@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Helpers for scripts that run Quiver processes on 127.0.0.1 (quickstart.sh,
-# bench-query.sh). Sourced, not run. Expects `quiver_log` from prerequisites.sh and `$work`
-# (a work folder with a logs/ subfolder).
+# bench-query.sh, bench-write.sh). Sourced, not run. Expects `quiver_log` from
+# prerequisites.sh; `quiver_start_work` sets up `$work` (a work folder with a logs/
+# subfolder) and the clean-up of what the script starts.
 
 # Stops processes: SIGTERM, up to 10 s to exit, then SIGKILL.
 stop_processes() {
@@ -58,4 +59,33 @@ start_etcd() {
         sleep 0.1
     done
     ETCDCTL_API=3 etcdctl --endpoints "$etcd_endpoint" endpoint health >/dev/null
+}
+
+# Makes the work folder `$work` (named after $1, with a logs/ subfolder) and arranges that
+# on exit, also on Ctrl-C, the processes in `service_pids` and then etcd (`etcd_pid`) are
+# stopped, services first: a Searcher revokes its lease and snapshots its replicas on
+# SIGTERM, which needs etcd still up. The folder is removed unless QUIVER_KEEP=1.
+quiver_start_work() {
+    work=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+    mkdir -p "$work/logs"
+    service_pids=()
+    etcd_pid=""
+    trap quiver_clean_up EXIT
+    trap 'exit 130' INT TERM
+}
+
+quiver_clean_up() {
+    local status=$?
+    trap - EXIT INT TERM
+    if [ "${#service_pids[@]}" -gt 0 ] || [ -n "$etcd_pid" ]; then
+        quiver_log "stopping what was started"
+        stop_processes "${service_pids[@]}"
+        [ -z "$etcd_pid" ] || stop_processes "$etcd_pid"
+    fi
+    if [ "${QUIVER_KEEP:-0}" = 1 ]; then
+        quiver_log "kept data and logs in $work"
+    else
+        rm -rf "$work"
+    fi
+    exit "$status"
 }

@@ -20,29 +20,7 @@ quiver_log "building release binaries (the first build takes a few minutes)"
 cargo build --release --bins --quiet
 bin="$repo/target/release"
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/quiver-quickstart.XXXXXX")
-mkdir -p "$work/logs"
-etcd_pid=""
-service_pids=()
-cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    if [ "${#service_pids[@]}" -gt 0 ] || [ -n "$etcd_pid" ]; then
-        quiver_log "stopping the cluster"
-        # Services first: a Searcher revokes its lease and snapshots its replicas on SIGTERM,
-        # which needs etcd still up.
-        stop_processes "${service_pids[@]}"
-        [ -z "$etcd_pid" ] || stop_processes "$etcd_pid"
-    fi
-    if [ "${QUIVER_KEEP:-0}" = 1 ]; then
-        quiver_log "kept data and logs in $work"
-    else
-        rm -rf "$work"
-    fi
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+quiver_start_work quiver-quickstart
 
 start_etcd quickstart 23790
 
