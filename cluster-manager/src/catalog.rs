@@ -6,7 +6,7 @@ use std::str::FromStr;
 use crate::{
     keys::validate_name,
     model::{decode, encode, AssignmentRecord, CollectionRecord},
-    placement::{HashRing, DEFAULT_VIRTUAL_NODES},
+    placement::place_collection,
     store::{Compare, MetadataStore, Op},
     Error, KeySchema, Result,
 };
@@ -43,7 +43,7 @@ pub fn validate_collection(record: &CollectionRecord) -> Result<()> {
 }
 
 /// Validates `record` (see [`validate_collection`]), places every shard on the live
-/// Searchers by consistent hashing, and writes the collection key plus all assignment keys
+/// Searchers evenly ([`place_collection`]), and writes the collection key plus all assignment keys
 /// in ONE transaction guarded by the collection key being absent. Fails with
 /// `AlreadyExists` if the collection exists, `FailedPrecondition` (naming both counts) if
 /// fewer Searchers are live than the replication factor. Returns the assignments in shard
@@ -59,14 +59,15 @@ pub async fn create_collection(
     live_searcher_ids: &[String],
 ) -> Result<Vec<AssignmentRecord>> {
     validate_collection(record)?;
-    // One ring for every shard: the same answer as `place_replicas` per shard.
-    let ring = HashRing::new(live_searcher_ids, DEFAULT_VIRTUAL_NODES);
-    let assignments = (0..record.num_shards)
-        .map(|shard| {
-            ring.replicas_for(&record.name, shard, record.replication_factor as usize)
-                .map(AssignmentRecord::new)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let assignments: Vec<AssignmentRecord> = place_collection(
+        live_searcher_ids,
+        &record.name,
+        record.num_shards,
+        record.replication_factor,
+    )?
+    .into_iter()
+    .map(AssignmentRecord::new)
+    .collect();
 
     let collection_key = schema.collection(&record.name);
     let mut ops = Vec::with_capacity(assignments.len() + 1);
@@ -92,7 +93,7 @@ pub async fn create_collection(
         collection = %record.name,
         num_shards = record.num_shards,
         replication_factor = record.replication_factor,
-        live_searchers = ring.searchers().len(),
+        live_searchers = live_searcher_ids.len(),
         "collection created"
     );
     Ok(assignments)
@@ -155,7 +156,6 @@ pub async fn list_collections(
 mod tests {
     use super::*;
     use crate::{
-        placement::place_replicas,
         store::{EtcdStore, MemoryStore},
         testing::EtcdServer,
     };
@@ -184,12 +184,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(assignments.len(), 6);
+        let placed = place_collection(&searchers, "docs", 6, 2).unwrap();
         for (shard, assignment) in assignments.iter().enumerate() {
+            assert_eq!(assignment.replicas, placed[shard]);
             let shard = shard as u32;
-            assert_eq!(
-                assignment.replicas,
-                place_replicas(&searchers, "docs", shard, 2).unwrap()
-            );
             let stored = store
                 .get(&schema.assignment("docs", shard))
                 .await

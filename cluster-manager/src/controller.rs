@@ -578,7 +578,6 @@ mod tests {
         model::{
             Capacity, CollectionRecord, ReplicaPhase, ReplicaRecord, ReplicaRole, SearcherRecord,
         },
-        rebalance::target_replicas,
         store::LeaseId,
         testing::EtcdServer,
     };
@@ -756,6 +755,32 @@ mod tests {
             decode(&key, &stored.value).unwrap()
         }
 
+        /// The target placement over `eligible` of the collections and assignments in etcd
+        /// now, keyed by shard of `docs`.
+        async fn targets(&self, eligible: &[String]) -> BTreeMap<u32, Vec<String>> {
+            let mut state = ClusterState::default();
+            let (collections, _) = self
+                .store
+                .get_prefix(&self.schema.collections_prefix())
+                .await
+                .unwrap();
+            for stored in collections {
+                let record: CollectionRecord = decode(&stored.key, &stored.value).unwrap();
+                state.collections.insert(record.name.clone(), record);
+            }
+            for (key, (assignment, _)) in read_assignments(self.store.as_ref(), &self.schema)
+                .await
+                .unwrap()
+            {
+                state.assignments.insert(key, assignment);
+            }
+            target_placement(&state, eligible)
+                .into_iter()
+                .filter(|((collection, _), _)| collection == "docs")
+                .map(|((_, shard), target)| (shard, target))
+                .collect()
+        }
+
         async fn rebalance(&self) -> Option<RebalanceRecord> {
             let key = self.schema.controller_rebalance();
             let stored = self.store.get(&key).await.unwrap()?;
@@ -892,8 +917,9 @@ mod tests {
 
         cluster.add_searcher("s4").await;
         let four: Vec<String> = ["s1", "s2", "s3", "s4"].map(String::from).to_vec();
+        let targets = cluster.targets(&four).await;
         let moving: Vec<u32> = (0..16)
-            .filter(|shard| target_replicas(&four, "docs", *shard, 2).contains(&"s4".into()))
+            .filter(|shard| targets[shard].contains(&"s4".into()))
             .collect();
         assert!(!moving.is_empty());
 
@@ -939,7 +965,7 @@ mod tests {
         }
         // Its primary vouches for it (again after a handoff): it switches in.
         for shard in 0..16 {
-            let target = target_replicas(&four, "docs", shard, 2);
+            let target = targets[&shard].clone();
             cluster
                 .wait_for("the target placement", async |cluster| {
                     cluster.vouch("docs", shard).await;
@@ -1015,6 +1041,7 @@ mod tests {
             assert!(killed_at.elapsed() >= delay);
             cluster.publish("docs", *shard, &learner, 10).await;
         }
+        let targets = cluster.targets(&three).await;
         for shard in &hosted {
             cluster
                 .wait_for("s4 replaced", async |cluster| {
@@ -1026,7 +1053,7 @@ mod tests {
                 .await;
             let mut voting = cluster.assignment("docs", *shard).await.replicas;
             voting.sort();
-            let mut wanted = target_replicas(&three, "docs", *shard, 2);
+            let mut wanted = targets[shard].clone();
             wanted.sort();
             assert_eq!(voting, wanted);
         }

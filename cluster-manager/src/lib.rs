@@ -5,7 +5,7 @@
 //! - [`store`]: the [`MetadataStore`] trait with its etcd and in-memory backends.
 //! - [`membership`]: a Searcher's registration under a kept-alive lease.
 //! - [`view`]: the watch-backed, in-memory [`ClusterView`] Mergers search from.
-//! - [`placement`]: point → shard hashing and consistent-hash replica placement.
+//! - [`placement`]: point → shard hashing and even, consistent-hash replica placement.
 //! - [`catalog`]: collection create and drop.
 //! - [`election`]: leader election among the Mergers on plain etcd RPCs.
 //! - [`rebalance`]: pure planning of each shard's next step towards its target placement.
@@ -45,10 +45,12 @@ pub use model::{
     ReplicaPhase, ReplicaRecord, ReplicaRole, SearcherRecord,
 };
 pub use placement::{
-    place_replicas, shard_of, shard_position, stable_hash64, virtual_node_position, HashRing,
-    DEFAULT_VIRTUAL_NODES,
+    balance_collection, place_collection, replica_load, shard_of, shard_position, stable_hash64,
+    virtual_node_position, HashRing, LoadBounds, DEFAULT_VIRTUAL_NODES,
 };
-pub use rebalance::{plan_moves, plan_step, target_replicas, Move, RebalancePlan};
+pub use rebalance::{
+    collection_loads, plan_moves, plan_step, target_placement, CollectionLoad, Move, RebalancePlan,
+};
 pub use store::{
     Compare, EtcdStore, KeyValue, LeaseId, MemoryStore, MetadataStore, Op, WatchEvent, WatchStream,
 };

@@ -3,9 +3,11 @@
 //! controller feeds it the cluster state and applies what it returns, and quiverctl uses it
 //! for dry runs.
 //!
-//! A shard's target is its consistent-hash placement ([`HashRing`]) over the eligible
-//! Searchers: the live ones plus those gone for less than the rebalance delay, so a
-//! restarting Searcher moves no data. A shard gets to its target one change at a time,
+//! A shard's target comes from its collection's even placement ([`balance_collection`]):
+//! starting from where the replicas are now, over the eligible Searchers (the live ones
+//! plus those gone for less than the rebalance delay, so a restarting Searcher moves no
+//! data), every Searcher ends up holding between `floor(R / N)` and `ceil(R / N)` of the
+//! collection's `R` replicas, and only what those bounds force moves. A shard gets to its target one change at a time,
 //! each safe on its own: a missing target Searcher first joins as a learner (it copies the
 //! shard but does not vote), and only once the primary vouches that it holds every
 //! acknowledged write (and makes later writes wait for it) does it take the place of a
@@ -19,56 +21,72 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     model::{AssignmentRecord, ReplicaPhase, ReplicaRecord, ReplicaRole},
-    placement::{HashRing, DEFAULT_VIRTUAL_NODES},
+    placement::{balance_collection, replica_load, HashRing, DEFAULT_VIRTUAL_NODES},
     view::ClusterState,
 };
 
-/// A shard's target replicas, primary first: its consistent-hash placement on a ring of
-/// [`DEFAULT_VIRTUAL_NODES`] over `ring_members`; all of them (in ring order) when fewer
-/// than `replication_factor` are given, none when none are.
-pub fn target_replicas(
-    ring_members: &[String],
-    collection: &str,
-    shard: u32,
-    replication_factor: u32,
-) -> Vec<String> {
-    target_on(
-        &HashRing::new(ring_members, DEFAULT_VIRTUAL_NODES),
-        collection,
-        shard,
-        replication_factor,
-    )
+/// A shard's voting replicas, primary first.
+fn voting_primary_first(assignment: &AssignmentRecord) -> Vec<String> {
+    let primary = assignment.primary();
+    let mut replicas = Vec::with_capacity(assignment.replicas.len());
+    replicas.extend(
+        assignment
+            .replicas
+            .iter()
+            .find(|id| *id == primary)
+            .cloned(),
+    );
+    replicas.extend(
+        assignment
+            .replicas
+            .iter()
+            .filter(|id| *id != primary)
+            .cloned(),
+    );
+    replicas
 }
 
-fn target_on(
+/// The target replicas of every shard of `collection` (index = shard, primary first), from
+/// its current voting replicas in `state` (with `assignment` standing in for its shard's,
+/// when given), over `ring`: see [`balance_collection`].
+fn collection_targets(
+    state: &ClusterState,
     ring: &HashRing,
     collection: &str,
-    shard: u32,
-    replication_factor: u32,
-) -> Vec<String> {
-    let count = (replication_factor as usize).min(ring.searchers().len());
-    if count == 0 {
+    assignment: Option<(u32, &AssignmentRecord)>,
+) -> Vec<Vec<String>> {
+    let Some(record) = state.collections.get(collection) else {
         return Vec::new();
-    }
-    // Cannot fail: 1 <= count <= the ring's Searchers.
-    ring.replicas_for(collection, shard, count)
-        .unwrap_or_default()
+    };
+    let current: Vec<Vec<String>> = (0..record.num_shards)
+        .map(|shard| {
+            let assignment = match assignment {
+                Some((given, assignment)) if given == shard => Some(assignment),
+                _ => state.assignment(collection, shard),
+            };
+            assignment.map(voting_primary_first).unwrap_or_default()
+        })
+        .collect();
+    balance_collection(ring, collection, record.replication_factor, &current)
 }
 
-/// Every shard's target (see [`target_replicas`]) for the collections in `state`, keyed by
-/// (collection, shard).
+/// Every shard's target replicas, primary first, for the collections in `state`, over the
+/// `eligible` Searchers, keyed by (collection, shard): each collection evenly spread, moved
+/// as little as possible from its current voting replicas ([`balance_collection`]). A shard
+/// gets all eligible Searchers when fewer than its replication factor are eligible, none
+/// when none are.
 pub fn target_placement(
     state: &ClusterState,
     eligible: &[String],
 ) -> BTreeMap<(String, u32), Vec<String>> {
     let ring = HashRing::new(eligible, DEFAULT_VIRTUAL_NODES);
     let mut targets = BTreeMap::new();
-    for (name, collection) in &state.collections {
-        for shard in 0..collection.num_shards {
-            targets.insert(
-                (name.clone(), shard),
-                target_on(&ring, name, shard, collection.replication_factor),
-            );
+    for name in state.collections.keys() {
+        for (shard, target) in collection_targets(state, &ring, name, None)
+            .into_iter()
+            .enumerate()
+        {
+            targets.insert((name.clone(), shard as u32), target);
         }
     }
     targets
@@ -188,7 +206,11 @@ pub fn plan_change(
     eligible: &[String],
     departed_past_delay: &BTreeSet<String>,
 ) -> Option<PlannedChange> {
-    let target = target_replicas(eligible, collection, shard, replication_factor);
+    let ring = HashRing::new(eligible, DEFAULT_VIRTUAL_NODES);
+    let target = collection_targets(state, &ring, collection, Some((shard, assignment)))
+        .into_iter()
+        .nth(shard as usize)
+        .unwrap_or_default();
     plan_change_towards(
         &target,
         collection,
@@ -482,6 +504,47 @@ pub struct RebalancePlan {
     pub pending_shards: usize,
 }
 
+/// How evenly one collection's voting replicas are spread, now and at the target.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CollectionLoad {
+    pub collection: String,
+    /// Its voting replicas at the target.
+    pub replicas: usize,
+    /// The most any eligible Searcher holds now, and at the target.
+    pub max_now: usize,
+    pub max_target: usize,
+    /// Replicas per eligible Searcher at the target.
+    pub mean: f64,
+}
+
+/// [`CollectionLoad`] of every collection in `state`, over `eligible`.
+pub fn collection_loads(state: &ClusterState, eligible: &[String]) -> Vec<CollectionLoad> {
+    let targets = target_placement(state, eligible);
+    state
+        .collections
+        .values()
+        .map(|record| {
+            let shards = 0..record.num_shards;
+            let now = shards.clone().filter_map(|shard| {
+                state
+                    .assignment(&record.name, shard)
+                    .map(|assignment| &assignment.replicas)
+            });
+            let target = shards.map(|shard| &targets[&(record.name.clone(), shard)]);
+            let replicas = target.clone().map(Vec::len).sum();
+            let (max_now, _) = replica_load(now, eligible);
+            let (max_target, mean) = replica_load(target, eligible);
+            CollectionLoad {
+                collection: record.name.clone(),
+                replicas,
+                max_now,
+                max_target,
+                mean,
+            }
+        })
+        .collect()
+}
+
 /// Compares every shard's voting replicas in `state` with its target over `eligible`.
 pub fn plan_moves(state: &ClusterState, eligible: &[String]) -> RebalancePlan {
     plan_moves_to(state, &target_placement(state, eligible))
@@ -527,7 +590,10 @@ pub(crate) fn plan_moves_to(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Capacity, CollectionRecord, ReplicaRecord, SearcherRecord};
+    use crate::{
+        model::{Capacity, CollectionRecord, ReplicaRecord, SearcherRecord},
+        placement::{place_collection, LoadBounds},
+    };
 
     fn ids(names: &[&str]) -> Vec<String> {
         names.iter().map(|name| name.to_string()).collect()
@@ -559,7 +625,7 @@ mod tests {
     }
 
     /// A cluster whose `live` Searchers host `collections` at their placement over
-    /// `placed_on`, every replica ACTIVE at `seq`.
+    /// `placed_on` (as created there), every replica ACTIVE at `seq`.
     fn cluster(
         live: &[&str],
         placed_on: &[&str],
@@ -575,8 +641,12 @@ mod tests {
                 name.to_string(),
                 collection(name, *num_shards, *replication_factor),
             );
-            for shard in 0..*num_shards {
-                let replicas = target_replicas(&ids(placed_on), name, shard, *replication_factor);
+            let placement = if placed_on.is_empty() {
+                vec![Vec::new(); *num_shards as usize]
+            } else {
+                place_collection(&ids(placed_on), name, *num_shards, *replication_factor).unwrap()
+            };
+            for (shard, replicas) in (0..*num_shards).zip(placement) {
                 for id in &replicas {
                     set_replica(&mut state, name, shard, id, ReplicaPhase::Active, seq);
                 }
@@ -629,19 +699,65 @@ mod tests {
     }
 
     #[test]
-    fn targets_follow_the_ring_and_shrink_to_the_eligible() {
+    fn targets_keep_a_placement_and_shrink_to_the_eligible() {
         let four = ids(&["s1", "s2", "s3", "s4"]);
-        for shard in 0..20 {
-            assert_eq!(
-                target_replicas(&four, "docs", shard, 3),
-                crate::place_replicas(&four, "docs", shard, 3).unwrap()
-            );
+        let state = cluster(
+            &["s1", "s2", "s3", "s4"],
+            &["s1", "s2", "s3", "s4"],
+            &[("docs", 20, 3)],
+            1,
+        );
+        let placed = place_collection(&four, "docs", 20, 3).unwrap();
+        let targets = target_placement(&state, &four);
+        for (shard, replicas) in placed.iter().enumerate() {
+            assert_eq!(targets[&("docs".to_string(), shard as u32)], *replicas);
         }
         let two = ids(&["s1", "s2"]);
-        let target = target_replicas(&two, "docs", 0, 3);
-        assert_eq!(target.len(), 2);
-        assert!(two.iter().all(|id| target.contains(id)));
-        assert!(target_replicas(&[], "docs", 0, 3).is_empty());
+        for target in target_placement(&state, &two).values() {
+            assert_eq!(target.len(), 2);
+            assert!(two.iter().all(|id| target.contains(id)));
+        }
+        assert!(target_placement(&state, &[]).values().all(Vec::is_empty));
+    }
+
+    #[test]
+    fn a_lopsided_placement_is_evened_out() {
+        // 8 shards x RF 2 as plain consistent hashing left them on five Searchers: 6/4/3/3/0.
+        let five = ids(&["s1", "s2", "s3", "s4", "s5"]);
+        let mut state = cluster(&["s1", "s2", "s3", "s4", "s5"], &[], &[("docs", 8, 2)], 1);
+        let lopsided = [
+            ["s1", "s2"],
+            ["s1", "s3"],
+            ["s1", "s4"],
+            ["s1", "s2"],
+            ["s1", "s3"],
+            ["s1", "s4"],
+            ["s2", "s3"],
+            ["s2", "s4"],
+        ];
+        for (shard, replicas) in lopsided.iter().enumerate() {
+            state.assignments.insert(
+                ("docs".into(), shard as u32),
+                AssignmentRecord::new(ids(replicas)),
+            );
+        }
+        let plan = plan_moves(&state, &five);
+        let targets = target_placement(&state, &five);
+        let bounds = LoadBounds::new(16, 5);
+        for id in &five {
+            let load = targets
+                .values()
+                .filter(|target| target.contains(id))
+                .count();
+            assert!((bounds.floor..=bounds.cap).contains(&load), "{id}: {load}");
+        }
+        // s5 takes three (the floor): s1 sheds two to the cap, one more comes from a
+        // Searcher above the floor. Nothing else moves.
+        assert_eq!(plan.moved_replicas, 3, "{plan:?}");
+        assert!(
+            plan.moves.iter().all(|planned| planned.to == "s5"),
+            "{plan:?}"
+        );
     }
 
     #[test]
@@ -872,22 +988,26 @@ mod tests {
             &[("docs", 64, 2)],
             11,
         );
-        // On odd shards the second replica leads (after some earlier promotion): when the
-        // ring then drops the primary's Searcher from a shard, it must hand off first. (A
-        // joining Searcher never displaces the ring's own first choice.)
-        for shard in (1..64).step_by(2) {
+        // s1 leads every shard it holds (after some earlier promotions): when it has to
+        // give shards up to the newcomer, it can only give up primaries, which hand off
+        // first. (A Searcher with followers gives those up first.)
+        for shard in 0..64 {
             let assignment = state.assignment("docs", shard).unwrap();
-            let promoted = with_primary(assignment, &assignment.replicas[1].clone());
-            state.assignments.insert(("docs".into(), shard), promoted);
+            if assignment.replicas.contains(&"s1".to_string()) && assignment.primary() != "s1" {
+                let promoted = with_primary(assignment, "s1");
+                state.assignments.insert(("docs".into(), shard), promoted);
+            }
         }
         let eligible = ids(&["s1", "s2", "s3", "s4"]);
         let none = BTreeSet::new();
+        // The target is computed once here and must hold while the shards move one by one.
+        let targets = target_placement(&state, &eligible);
         let mut seen: BTreeSet<ChangeKind> = BTreeSet::new();
         for shard in 0..64 {
             let before = state.assignment("docs", shard).unwrap().clone();
             let kinds = converge(&mut state, "docs", shard, 2, &eligible, &none);
             let after = state.assignment("docs", shard).unwrap();
-            let target = target_replicas(&eligible, "docs", shard, 2);
+            let target = targets[&("docs".to_string(), shard)].clone();
             let mut voting = after.replicas.clone();
             voting.sort();
             let mut wanted = target.clone();
@@ -1028,18 +1148,13 @@ mod tests {
 
     #[test]
     fn a_single_replica_moves_through_a_handoff() {
+        // Both shards of a collection at RF 1 on a; b joins and takes one of them.
         let both = ids(&["a", "b"]);
-        let shard = (0..64)
-            .find(|shard| target_replicas(&both, "docs", *shard, 1) == ["b"])
+        let mut state = cluster(&["a", "b"], &["a"], &[("docs", 2, 1)], 4);
+        let targets = target_placement(&state, &both);
+        let shard = (0..2)
+            .find(|shard| targets[&("docs".to_string(), *shard)] == ["b"])
             .unwrap();
-        let mut state = cluster(&["a", "b"], &[], &[], 0);
-        state
-            .collections
-            .insert("docs".into(), collection("docs", 64, 1));
-        state
-            .assignments
-            .insert(("docs".into(), shard), AssignmentRecord::new(ids(&["a"])));
-        set_replica(&mut state, "docs", shard, "a", ReplicaPhase::Active, 4);
         let kinds = converge(&mut state, "docs", shard, 1, &both, &BTreeSet::new());
         assert_eq!(
             kinds,
@@ -1074,8 +1189,9 @@ mod tests {
         // A learner in the target that has been gone too long is dropped; one just
         // restarting is kept.
         let three = ids(&["s1", "s2", "s3"]);
+        let targets = target_placement(&state, &three);
         let shard = (0..8)
-            .find(|shard| target_replicas(&three, "docs", *shard, 2).contains(&"s3".into()))
+            .find(|shard| targets[&("docs".to_string(), *shard)].contains(&"s3".into()))
             .unwrap();
         let assignment = AssignmentRecord {
             learners: ids(&["s3"]),
@@ -1104,11 +1220,15 @@ mod tests {
     fn shrinking_waits_for_healthy_voters() {
         let mut state = cluster(&["a", "b", "c"], &[], &[("docs", 1, 2)], 0);
         let eligible = ids(&["a", "b", "c"]);
-        let target = target_replicas(&eligible, "docs", 0, 2);
+        // Three voters for two places: the target keeps two of them.
+        let assignment = AssignmentRecord::new(eligible.clone());
+        state
+            .assignments
+            .insert(("docs".into(), 0), assignment.clone());
+        let target = target_placement(&state, &eligible)[&("docs".to_string(), 0)].clone();
+        assert_eq!(target.len(), 2);
+        assert_eq!(target[0], "a", "the primary stays");
         let extra = eligible.iter().find(|id| !target.contains(id)).unwrap();
-        let mut replicas = target.clone();
-        replicas.push(extra.clone());
-        let assignment = AssignmentRecord::new(replicas);
         for id in &eligible {
             set_replica(&mut state, "docs", 0, id, ReplicaPhase::Active, 3);
         }

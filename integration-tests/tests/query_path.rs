@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use quiver_cluster::placement::{place_replicas, shard_of};
+use quiver_cluster::placement::{place_collection, shard_of};
 use quiver_index::{dataset, Metric};
 use quiver_integration_tests::{
     assert_same_results, brute_force, collection_config, eventually, id_scores, metric_value,
@@ -22,20 +22,15 @@ use quiver_integration_tests::{
 };
 use quiver_proto::v1::{self, SearchResponse, ShardOutcome};
 
-/// A collection name whose two shards the hash ring puts on two different Searchers of
-/// `searchers` (placement is a pure function, so this is deterministic); returns the name
-/// and each shard's Searcher.
+/// A collection of two shards at RF 1 on `searchers` and each shard's Searcher: placement is
+/// a pure function and even, so the two land on two different Searchers.
 fn name_with_shards_apart(prefix: &str, searchers: &[&str]) -> (String, [String; 2]) {
     let live: Vec<String> = searchers.iter().map(|id| id.to_string()).collect();
-    for attempt in 0.. {
-        let name = format!("{prefix}-{attempt}");
-        let first = place_replicas(&live, &name, 0, 1).unwrap().remove(0);
-        let second = place_replicas(&live, &name, 1, 1).unwrap().remove(0);
-        if first != second {
-            return (name, [first, second]);
-        }
-    }
-    unreachable!()
+    let name = format!("{prefix}-0");
+    let placed = place_collection(&live, &name, 2, 1).unwrap();
+    let [first, second] = [placed[0][0].clone(), placed[1][0].clone()];
+    assert_ne!(first, second, "two shards on {live:?}");
+    (name, [first, second])
 }
 
 fn report(response: &SearchResponse, shard: u32) -> &v1::ShardReport {

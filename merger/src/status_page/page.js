@@ -238,7 +238,8 @@
           el("span", { class: "facts-inline" },
             "dim " + collection.dimension + " · " + collection.metric + " · " + collection.index_spec + " · " +
             collection.num_shards + " shards × RF " + collection.replication_factor + " · " +
-            number(collection.vectors) + " vectors")),
+            number(collection.vectors) + " vectors · replicas per Searcher: max " +
+            collection.max_replicas_per_searcher + ", mean " + collection.mean_replicas_per_searcher)),
         el("table", { class: "data" },
           el("thead", {}, el("tr", {},
             el("th", { scope: "col", class: "num" }, "Shard"),

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use quiver_cluster::{
-    placement::{shard_position, HashRing},
+    placement::{replica_load, shard_position, HashRing},
     ClusterState, LeaderRecord, RebalanceRecord, ReplicaPhase, ReplicaRole,
 };
 use serde::Serialize;
@@ -93,6 +93,11 @@ pub struct CollectionStatus {
     pub created_at: String,
     /// Each shard counted once (its primary's count).
     pub vectors: u64,
+    /// The most voting replicas of this collection one live Searcher holds, and the mean
+    /// over the live Searchers (two decimals): placement keeps the most within one of the
+    /// mean.
+    pub max_replicas_per_searcher: u64,
+    pub mean_replicas_per_searcher: f64,
     pub shards: Vec<ShardStatus>,
 }
 
@@ -203,6 +208,15 @@ pub fn build_snapshot(
                 .map(|shard| shard_status(state, &ring, &record.name, shard))
                 .collect();
             let vectors = shards.iter().map(shard_vectors).sum();
+            let live: Vec<String> = state.searchers.keys().cloned().collect();
+            let (max, mean) = replica_load(
+                (0..record.num_shards).filter_map(|shard| {
+                    state
+                        .assignment(&record.name, shard)
+                        .map(|assignment| &assignment.replicas)
+                }),
+                &live,
+            );
             CollectionStatus {
                 name: record.name.clone(),
                 dimension: record.dimension,
@@ -212,6 +226,8 @@ pub fn build_snapshot(
                 replication_factor: record.replication_factor,
                 created_at: record.created_at.clone(),
                 vectors,
+                max_replicas_per_searcher: max as u64,
+                mean_replicas_per_searcher: (mean * 100.0).round() / 100.0,
                 shards,
             }
         })
@@ -716,6 +732,8 @@ mod tests {
       "replication_factor": 2,
       "created_at": "2024-05-01T10:00:01.000Z",
       "vectors": 17,
+      "max_replicas_per_searcher": 2,
+      "mean_replicas_per_searcher": 2.0,
       "shards": [
         {
           "shard": 0,

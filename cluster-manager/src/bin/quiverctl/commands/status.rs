@@ -1,6 +1,6 @@
 //! `quiverctl status` and `quiverctl rebalance --dry-run`: the cluster as etcd holds it.
 
-use quiver_cluster::{plan_moves, ClusterState, CollectionRecord, ReplicaRole};
+use quiver_cluster::{collection_loads, plan_moves, ClusterState, CollectionRecord, ReplicaRole};
 use serde_json::json;
 
 use crate::{
@@ -274,6 +274,27 @@ fn render_dry_run(state: &ClusterState, eligible: &[String]) -> String {
         }
         text.push_str(&moves.render());
     }
+    let loads = collection_loads(state, eligible);
+    if !loads.is_empty() {
+        let mut table = Table::new(&[
+            ("collection", false),
+            ("replicas", true),
+            ("max now", true),
+            ("max after", true),
+            ("mean", true),
+        ]);
+        for load in &loads {
+            table.row(vec![
+                load.collection.clone(),
+                load.replicas.to_string(),
+                load.max_now.to_string(),
+                load.max_target.to_string(),
+                format!("{:.1}", load.mean),
+            ]);
+        }
+        text.push_str("replicas per searcher:\n");
+        text.push_str(&table.render());
+    }
     text.push_str(&format!(
         "moved {} of {} replicas ({:.1}%)\n",
         plan.moved_replicas,
@@ -291,6 +312,7 @@ fn dry_run_json(state: &ClusterState, eligible: &[String]) -> serde_json::Value 
         "moved_replicas": plan.moved_replicas,
         "total_replicas": plan.total_replicas,
         "moved_fraction": plan.moved_fraction,
+        "load": collection_loads(state, eligible),
     })
 }
 
@@ -455,8 +477,8 @@ last rebalance: searcher searcher-10 joined (started 2024-05-01T10:06:00.000Z): 
         let mut state = cluster();
         // Settle the placement on the three live Searchers, then add a fourth.
         let three: Vec<String> = state.live_searcher_ids();
-        for shard in 0..2 {
-            let target = quiver_cluster::target_replicas(&three, "docs", shard, 2);
+        let placed = quiver_cluster::place_collection(&three, "docs", 2, 2).unwrap();
+        for (shard, target) in (0..2).zip(placed) {
             state
                 .assignments
                 .insert(("docs".to_string(), shard), AssignmentRecord::new(target));
@@ -465,6 +487,9 @@ last rebalance: searcher searcher-10 joined (started 2024-05-01T10:06:00.000Z): 
         assert_eq!(
             settled,
             "target placement over 3 live searchers: searcher-1, searcher-10, searcher-2\n\
+             replicas per searcher:\n\
+             collection  replicas  max now  max after  mean\n\
+             docs               4        2          2   1.3\n\
              moved 0 of 4 replicas (0.0%)\n"
         );
 
@@ -479,10 +504,17 @@ last rebalance: searcher searcher-10 joined (started 2024-05-01T10:06:00.000Z): 
         );
         assert_eq!(document["moved_replicas"], plan.moved_replicas);
         assert_eq!(document["live_searchers"][3], "searcher-4");
+        assert_eq!(document["load"][0]["collection"], "docs");
+        assert_eq!(document["load"][0]["max_target"], 1);
+        assert_eq!(document["load"][0]["mean"], 1.0);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines.len(),
-            1 + usize::from(!plan.moves.is_empty()) + plan.moves.len() + 1
+            1 + usize::from(!plan.moves.is_empty()) + plan.moves.len() + 3 + 1
+        );
+        assert!(
+            text.contains("docs               4        2          1   1.0\n"),
+            "{text}"
         );
         assert_eq!(
             *lines.last().unwrap(),
@@ -492,7 +524,7 @@ last rebalance: searcher searcher-10 joined (started 2024-05-01T10:06:00.000Z): 
                 plan.moved_fraction * 100.0
             )
         );
-        for (line, planned) in lines[2..].iter().zip(&plan.moves) {
+        for (line, planned) in lines[2..2 + plan.moves.len()].iter().zip(&plan.moves) {
             let cells: Vec<&str> = line.split_whitespace().collect();
             assert_eq!(
                 cells,

@@ -4,10 +4,17 @@
 //! - A point goes to shard [`shard_of`]`(id, num_shards)`: FNV-1a 64 of the id's UTF-8 bytes,
 //!   modulo the shard count. This is part of the API contract — clients and every Quiver
 //!   version must agree on it — so it never changes.
-//! - A shard's replicas go to Searchers picked by consistent hashing ([`HashRing`]): each
-//!   Searcher owns [`DEFAULT_VIRTUAL_NODES`] points on a 64-bit ring, a shard sits at the hash
-//!   of `"{collection}/{shard}"`, and its replicas are the first distinct Searchers clockwise.
-//!   When one Searcher joins or leaves, only about 1/N of the replicas move.
+//! - A shard's replicas go to Searchers by consistent hashing with bounded loads
+//!   ([`balance`]): each Searcher owns [`DEFAULT_VIRTUAL_NODES`] points on a 64-bit ring
+//!   ([`HashRing`]), a shard sits at the hash of `"{collection}/{shard}"` and prefers the
+//!   Searchers whose points come first clockwise, and every Searcher holds between
+//!   `floor(R / N)` and `ceil(R / N)` of a collection's `R` replicas. When one Searcher joins
+//!   or leaves, only about 1/N of the replicas move.
+
+mod balance;
+mod min_cost_flow;
+
+pub use balance::{balance_collection, place_new_collection, replica_load, LoadBounds};
 
 use crate::{Error, Result};
 
@@ -109,6 +116,26 @@ impl HashRing {
             .map(|(point, _)| point)
     }
 
+    /// Per Searcher (in [`HashRing::searchers`] order), the clockwise distance from
+    /// `position` to its first virtual node: the order a shard placed at `position` prefers
+    /// them in.
+    pub fn distances_from(&self, position: u64) -> Vec<u64> {
+        let mut distances = vec![u64::MAX; self.searchers.len()];
+        let start = self.points.partition_point(|(point, _)| *point < position);
+        let mut unseen = self.searchers.len();
+        for offset in 0..self.points.len() {
+            if unseen == 0 {
+                break;
+            }
+            let (point, index) = self.points[(start + offset) % self.points.len()];
+            if distances[index] == u64::MAX {
+                distances[index] = point.wrapping_sub(position);
+                unseen -= 1;
+            }
+        }
+        distances
+    }
+
     /// The `replication_factor` Searchers of one shard, primary first: walking clockwise from
     /// the shard's position, the first distinct Searchers met.
     pub fn replicas_for(
@@ -156,26 +183,39 @@ fn too_few_searchers(replication_factor: usize, live: usize) -> Error {
     ))
 }
 
-/// Convenience: the replica set of one shard on a ring of [`DEFAULT_VIRTUAL_NODES`] over the
-/// live Searchers; `FailedPrecondition` naming both counts when fewer Searchers are live
-/// than the replication factor. To place many shards, build one [`HashRing`] and call
-/// [`HashRing::replicas_for`]; the answer is the same.
-pub fn place_replicas(
+/// Where a new collection's shards go: [`place_new_collection`] on a ring of
+/// [`DEFAULT_VIRTUAL_NODES`] over the live Searchers (index = shard, primary first);
+/// `FailedPrecondition` naming both counts when fewer Searchers are live than the
+/// replication factor, `InvalidArgument` for a replication factor of 0.
+pub fn place_collection(
     live_searcher_ids: &[String],
     collection: &str,
-    shard: u32,
-    replication_factor: usize,
-) -> Result<Vec<String>> {
-    HashRing::new(live_searcher_ids, DEFAULT_VIRTUAL_NODES).replicas_for(
+    num_shards: u32,
+    replication_factor: u32,
+) -> Result<Vec<Vec<String>>> {
+    let ring = HashRing::new(live_searcher_ids, DEFAULT_VIRTUAL_NODES);
+    if replication_factor == 0 {
+        return Err(Error::InvalidArgument(
+            "replication factor must be at least 1".to_string(),
+        ));
+    }
+    if replication_factor as usize > ring.searchers().len() {
+        return Err(too_few_searchers(
+            replication_factor as usize,
+            ring.searchers().len(),
+        ));
+    }
+    Ok(place_new_collection(
+        &ring,
         collection,
-        shard,
+        num_shards,
         replication_factor,
-    )
+    ))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
 
     use super::*;
 
@@ -260,23 +300,21 @@ mod tests {
     #[test]
     fn replicas_are_distinct_and_deterministic() {
         let searchers = ids(5);
+        let ring = HashRing::new(&searchers, DEFAULT_VIRTUAL_NODES);
         for shard in 0..200 {
-            let replicas = place_replicas(&searchers, "docs", shard, 3).unwrap();
+            let replicas = ring.replicas_for("docs", shard, 3).unwrap();
             assert_eq!(replicas.len(), 3);
             let distinct: BTreeSet<&String> = replicas.iter().collect();
             assert_eq!(distinct.len(), 3, "{replicas:?}");
             assert!(replicas.iter().all(|id| searchers.contains(id)));
-            assert_eq!(
-                replicas,
-                place_replicas(&searchers, "docs", shard, 3).unwrap()
-            );
+            assert_eq!(replicas, ring.replicas_for("docs", shard, 3).unwrap());
             // The first R' of a larger set are the set for R' (primary stays primary).
             assert_eq!(
                 replicas[..2],
-                place_replicas(&searchers, "docs", shard, 2).unwrap()[..]
+                ring.replicas_for("docs", shard, 2).unwrap()[..]
             );
         }
-        assert_eq!(place_replicas(&searchers, "docs", 0, 5).unwrap().len(), 5);
+        assert_eq!(ring.replicas_for("docs", 0, 5).unwrap().len(), 5);
     }
 
     #[test]
@@ -292,15 +330,23 @@ mod tests {
         );
         for shard in 0..100 {
             assert_eq!(
-                place_replicas(&searchers, "c", shard, 2).unwrap(),
-                place_replicas(&shuffled, "c", shard, 2).unwrap()
+                HashRing::new(&searchers, DEFAULT_VIRTUAL_NODES)
+                    .replicas_for("c", shard, 2)
+                    .unwrap(),
+                HashRing::new(&shuffled, DEFAULT_VIRTUAL_NODES)
+                    .replicas_for("c", shard, 2)
+                    .unwrap()
             );
         }
+        assert_eq!(
+            place_collection(&searchers, "c", 12, 2).unwrap(),
+            place_collection(&shuffled, "c", 12, 2).unwrap()
+        );
     }
 
     #[test]
     fn too_few_searchers_is_a_failed_precondition_naming_both_counts() {
-        let error = place_replicas(&ids(2), "c", 0, 3).unwrap_err();
+        let error = place_collection(&ids(2), "c", 4, 3).unwrap_err();
         match error {
             Error::FailedPrecondition(message) => assert_eq!(
                 message,
@@ -309,72 +355,12 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(matches!(
-            place_replicas(&[], "c", 0, 1).unwrap_err(),
+            place_collection(&[], "c", 4, 1).unwrap_err(),
             Error::FailedPrecondition(_)
         ));
         assert!(matches!(
-            place_replicas(&ids(2), "c", 0, 0).unwrap_err(),
+            place_collection(&ids(2), "c", 4, 0).unwrap_err(),
             Error::InvalidArgument(_)
         ));
-    }
-
-    #[test]
-    fn load_is_balanced() {
-        let searchers = ids(5);
-        let ring = HashRing::new(&searchers, DEFAULT_VIRTUAL_NODES);
-        let mut load: BTreeMap<String, usize> = BTreeMap::new();
-        for shard in 0..1000 {
-            for id in ring.replicas_for("docs", shard, 2).unwrap() {
-                *load.entry(id).or_default() += 1;
-            }
-        }
-        let mean = 2000.0 / 5.0;
-        println!("replicas per searcher (5 searchers, 1000 shards, RF 2, mean {mean}): {load:?}");
-        assert_eq!(load.len(), 5);
-        for (id, count) in &load {
-            let deviation = (*count as f64 - mean) / mean;
-            assert!(deviation.abs() <= 0.35, "{id} has {count} (mean {mean})");
-        }
-    }
-
-    /// Fraction of (shard, searcher) replica memberships that differ between two rings.
-    fn moved_fraction(before: &HashRing, after: &HashRing, shards: u32, rf: usize) -> f64 {
-        let mut moved = 0;
-        for shard in 0..shards {
-            let old: BTreeSet<String> = before
-                .replicas_for("docs", shard, rf)
-                .unwrap()
-                .into_iter()
-                .collect();
-            let new: BTreeSet<String> = after
-                .replicas_for("docs", shard, rf)
-                .unwrap()
-                .into_iter()
-                .collect();
-            moved += new.difference(&old).count();
-        }
-        moved as f64 / (shards as usize * rf) as f64
-    }
-
-    #[test]
-    fn few_replicas_move_when_a_searcher_joins_or_leaves() {
-        let five = HashRing::new(&ids(5), DEFAULT_VIRTUAL_NODES);
-        let six = HashRing::new(&ids(6), DEFAULT_VIRTUAL_NODES);
-        let bound = 1.6 / 6.0;
-        for rf in [1, 2] {
-            let joined = moved_fraction(&five, &six, 1000, rf);
-            let left = moved_fraction(&six, &five, 1000, rf);
-            println!(
-                "movement over 1000 shards, RF {rf}: join 5→6 moved {:.1}% of replicas, \
-                 leave 6→5 moved {:.1}% (ideal 1/6 = 16.7%, bound 1.6/6 = {:.1}%)",
-                joined * 100.0,
-                left * 100.0,
-                bound * 100.0
-            );
-            for fraction in [joined, left] {
-                assert!(fraction > 0.0);
-                assert!(fraction <= bound, "{fraction} > {bound}");
-            }
-        }
     }
 }
