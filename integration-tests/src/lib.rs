@@ -211,6 +211,8 @@ pub struct ClusterOptions {
     pub merger_args: Vec<String>,
     /// Extra environment variables for every process of the cluster (say, `RUST_LOG`).
     pub env: Vec<(String, String)>,
+    /// The Searchers' ids; `searcher-1`, `searcher-2`, … past the end.
+    pub searcher_ids: Vec<String>,
 }
 
 impl ClusterOptions {
@@ -221,7 +223,14 @@ impl ClusterOptions {
             searcher_args: Vec::new(),
             merger_args: Vec::new(),
             env: Vec::new(),
+            searcher_ids: Vec::new(),
         }
+    }
+
+    /// Names the Searchers (the first `ids.len()` of them).
+    pub fn searcher_ids(mut self, ids: &[&str]) -> ClusterOptions {
+        self.searcher_ids = ids.iter().map(|id| id.to_string()).collect();
+        self
     }
 
     /// An environment variable for every process of the cluster, the ones added later
@@ -282,7 +291,12 @@ impl Cluster {
                 .get(index)
                 .cloned()
                 .unwrap_or_default();
-            let searcher = cluster.spawn_searcher(&format!("searcher-{}", index + 1), args);
+            let id = options
+                .searcher_ids
+                .get(index)
+                .cloned()
+                .unwrap_or_else(|| format!("searcher-{}", index + 1));
+            let searcher = cluster.spawn_searcher(&id, args);
             cluster.searchers.push(searcher);
         }
         for searcher in &mut cluster.searchers {

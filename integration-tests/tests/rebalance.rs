@@ -1,13 +1,17 @@
-//! The placement controller, end to end: a Searcher joining gets a fair share of replicas
-//! (copied as learners, then promoted) with a bounded fraction moved, and a Searcher gone
-//! for good has its replicas rebuilt elsewhere, while searches stay exact throughout.
+//! Placement end to end: a new collection is spread evenly over real Searchers whatever
+//! they are named; a Searcher joining gets exactly its fair share of replicas (copied as
+//! learners, then promoted) and only that share moves, and a Searcher gone for good has its
+//! replicas rebuilt elsewhere, evenly, while searches stay exact throughout.
 //!
 //! The controller runs inside the Mergers and records each rebalance at
 //! `/quiver/controller/rebalance`: `{"started_at","updated_at","trigger","searchers",
 //! "moves":[{"collection","shard","from","to"}],"moved_replicas","total_replicas",
 //! "moved_fraction","pending_shards","finished_at"}`.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use quiver_index::dataset::{self, Vectors};
 use quiver_integration_tests::{
@@ -82,6 +86,72 @@ fn fully_replicated(
     Ok(assignments)
 }
 
+/// How many voting replicas of `collection` each Searcher holds, from the assignments in
+/// etcd; every Searcher in `searchers` is listed, those holding none with 0.
+fn replicas_per_searcher(
+    cluster: &Cluster,
+    collection: &str,
+    num_shards: u32,
+    searchers: &[String],
+) -> BTreeMap<String, usize> {
+    let mut load: BTreeMap<String, usize> = searchers.iter().map(|id| (id.clone(), 0)).collect();
+    for shard in 0..num_shards {
+        let assignment = cluster
+            .etcd_json(&format!("/quiver/assignments/{collection}/{shard}"))
+            .unwrap_or_else(|| panic!("no assignment for {collection}/{shard}"));
+        for id in assignment["replicas"].as_array().into_iter().flatten() {
+            *load
+                .entry(id.as_str().unwrap_or_default().to_string())
+                .or_default() += 1;
+        }
+    }
+    load
+}
+
+/// The quickstart's 4 shards x RF 2 on 3 Searchers (once 4/2/2), 3 x 3 on 3, 6 x 2 on 4 and
+/// 8 x 2 on 5 (once 6/4/3/3/0), created through the Merger, each hold at most
+/// ceil(replicas / searchers) per Searcher, with two ways of naming the Searchers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_collections_are_spread_evenly_whatever_the_searchers_are_named() {
+    let layouts: [(usize, &[(u32, u32)]); 3] =
+        [(3, &[(4, 2), (3, 3)]), (4, &[(6, 2)]), (5, &[(8, 2)])];
+    let namings: [fn(usize) -> String; 2] = [
+        |index| format!("s{}", index + 1),
+        |index| format!("quiver-searcher-{index}"),
+    ];
+    for naming in namings {
+        for (count, collections) in layouts {
+            let ids: Vec<String> = (0..count).map(naming).collect();
+            let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let cluster =
+                Cluster::start_with(ClusterOptions::new(count, 4).searcher_ids(&names)).await;
+            let mut client = cluster.client().await;
+            for (shards, replication_factor) in collections {
+                let name = format!("even-{shards}x{replication_factor}");
+                client
+                    .create_collection(collection_config(
+                        &name,
+                        8,
+                        v1::Metric::L2,
+                        *shards,
+                        *replication_factor,
+                    ))
+                    .await
+                    .expect("create");
+                let load = replicas_per_searcher(&cluster, &name, *shards, &ids);
+                let replicas = (shards * replication_factor) as usize;
+                let cap = replicas.div_ceil(count);
+                println!("{shards} x {replication_factor} on {ids:?}: {load:?}");
+                assert_eq!(load.values().sum::<usize>(), replicas, "{load:?}");
+                assert!(
+                    load.values().all(|held| *held <= cap && *held + 1 >= cap),
+                    "{shards} x RF {replication_factor} on {ids:?}: {load:?} (cap {cap})"
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_searcher_takes_a_fair_share_while_searches_stay_exact() {
     let mut cluster = Cluster::start(3, 4).await;
@@ -131,11 +201,9 @@ async fn a_new_searcher_takes_a_fair_share_while_searches_stay_exact() {
     )
     .await;
     println!("rebalance: {record}");
-    let fraction = record["moved_fraction"].as_f64().unwrap_or(-1.0);
-    assert!(
-        fraction > 0.0 && fraction < 0.6,
-        "moved_fraction {fraction}: adding one Searcher to three should move some replicas but far from all: {record}"
-    );
+    // 16 replicas on three Searchers sit 6/5/5; on four, 4 each: exactly the newcomer's
+    // four move.
+    assert_eq!(record["moved_replicas"], 4, "{record}");
     assert_eq!(record["pending_shards"], 0, "{record}");
     assert_eq!(
         record["total_replicas"],
@@ -184,6 +252,13 @@ async fn a_new_searcher_takes_a_fair_share_while_searches_stay_exact() {
         async || fully_replicated(&cluster, "grow", shards, 2, None),
     )
     .await;
+    let ids: Vec<String> = cluster
+        .searchers
+        .iter()
+        .map(|searcher| searcher.id.clone())
+        .collect();
+    let held = replicas_per_searcher(&cluster, "grow", shards, &ids);
+    assert!(held.values().all(|count| *count == 4), "{held:?}");
     let replicas = cluster
         .wait_caught_up("grow", replication_factor as usize, Duration::from_secs(30))
         .await;
@@ -273,6 +348,10 @@ async fn a_searcher_gone_for_good_has_its_replicas_rebuilt_elsewhere() {
     )
     .await;
     println!("assignments after searcher-3 left: {assignments:?}");
+    let rest = ["searcher-1".to_string(), "searcher-2".to_string()];
+    let held = replicas_per_searcher(&cluster, "shrink", shards, &rest);
+    assert_eq!(held.get("searcher-1"), Some(&4), "{held:?}");
+    assert_eq!(held.get("searcher-2"), Some(&4), "{held:?}");
     let replicas = cluster
         .wait_caught_up(
             "shrink",

@@ -305,7 +305,7 @@ mod tests {
             .map(|index| match style % 3 {
                 0 => format!("searcher-{index}"),
                 1 => format!("s{index}"),
-                _ => format!("quiver-searcher-{}.quiver-searcher", index * 7919 % 1000),
+                _ => format!("node-{:03x}", index * 7919 % 4096),
             })
             .collect()
     }
