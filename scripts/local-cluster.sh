@@ -71,7 +71,8 @@ quiver_start_work() {
     service_pids=()
     etcd_pid=""
     trap quiver_clean_up EXIT
-    trap 'exit 130' INT TERM
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
 }
 
 quiver_clean_up() {

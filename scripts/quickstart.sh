@@ -8,7 +8,8 @@
 # Environment: QUIVER_DATA (a folder with siftsmall's .fvecs/.ivecs files; default
 # ../shared/data/siftsmall, generated data when absent), QUIVER_KEEP=1 keeps the work
 # folder with data and logs, QUIVER_STAY=1 leaves the cluster running (its status page
-# open in a browser) until Ctrl-C.
+# open in a browser) until Ctrl-C or SIGTERM, QUIVER_BIN_DIR=DIR uses the quiver-searcher,
+# quiver-merger and quiverctl already built in DIR instead of building release ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -16,9 +17,14 @@ source scripts/prerequisites.sh
 source scripts/local-cluster.sh
 quiver_ensure_prerequisites
 
-quiver_log "building release binaries (the first build takes a few minutes)"
-cargo build --release --bins --quiet
-bin="$repo/target/release"
+if [ -n "${QUIVER_BIN_DIR:-}" ]; then
+    bin=$QUIVER_BIN_DIR
+    quiver_log "using the binaries in $bin"
+else
+    quiver_log "building release binaries (the first build takes a few minutes)"
+    cargo build --release --bins --quiet
+    bin="$repo/target/release"
+fi
 
 quiver_start_work quiver-quickstart
 
@@ -86,7 +92,10 @@ ctl collections describe siftsmall
 quiver_log "the cluster state in etcd (etcdctl --endpoints $etcd_endpoint get --prefix /quiver/)"
 etcdctl --endpoints "$etcd_endpoint" get --prefix /quiver/ | paste -d ' ' - - | sed 's/^/  /'
 if [ "${QUIVER_STAY:-0}" = 1 ]; then
-    quiver_log "the cluster keeps running: status page $merger/status, quiverctl --merger $merger; Ctrl-C stops it"
-    while true; do sleep 3600; done
+    quiver_log "the cluster keeps running: status page $merger/status, quiverctl --merger $merger; Ctrl-C or SIGTERM stops it"
+    # Waiting on a background sleep, not a foreground one, lets the signal's trap run at once.
+    sleep infinity &
+    service_pids+=($!)
+    wait "$!"
 fi
 quiver_log "done; stopping everything this script started (QUIVER_STAY=1 keeps it running)"
