@@ -80,7 +80,7 @@ quiver_log "running all the queries against the ground truth"
 ctl search siftsmall --queries "$queries" --groundtruth "$truth" -k 10 --show 0
 quiver_log "cluster status"
 # Searchers publish their replicas' point counts to etcd a moment after a write (batched,
-# ~300 ms); wait for them so the table below shows what was loaded.
+# ~100 ms); wait for them so the table below shows what was loaded.
 for _ in $(seq 1 50); do
     etcdctl --endpoints "$etcd_endpoint" get --prefix /quiver/replicas/siftsmall/ --print-value-only \
         | grep -q '"point_count":0' || break

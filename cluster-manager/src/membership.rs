@@ -237,6 +237,47 @@ impl Registration {
         }
     }
 
+    /// Puts several keys under the current lease in as few round trips as etcd allows (one
+    /// transaction per [`REPUT_BATCH`] keys) and remembers them, like
+    /// [`Registration::put_leased`] for each: a Searcher publishes all its replicas' status
+    /// at once rather than one put after another. On an error the keys of the batches
+    /// written so far are in etcd and the rest are not; putting them all again is safe.
+    pub async fn put_leased_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
+        let mut state = self.inner.state.lock().await;
+        for batch in entries.chunks(REPUT_BATCH) {
+            let ops = batch
+                .iter()
+                .map(|(key, value)| Op::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                    lease: Some(state.lease),
+                })
+                .collect();
+            match self.inner.store.txn(Vec::new(), ops).await {
+                Ok(_) => {
+                    for (key, value) in batch {
+                        state.leased.insert(key.clone(), value.clone());
+                    }
+                }
+                Err(Error::LeaseLost(lease)) => {
+                    tracing::warn!(
+                        searcher_id = %self.inner.record.id,
+                        lease,
+                        keys = entries.len(),
+                        "lease lost while writing leased keys; re-registering"
+                    );
+                    // Re-registration writes every remembered key under the new lease.
+                    for (key, value) in &entries {
+                        state.leased.insert(key.clone(), value.clone());
+                    }
+                    return self.inner.reregister_locked(&mut state).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes a leased key and forgets it.
     pub async fn delete_leased(&self, key: &str) -> Result<()> {
         let mut state = self.inner.state.lock().await;
@@ -667,6 +708,56 @@ mod tests {
         assert_eq!(store.get_prefix("/quiver/").await.unwrap().0, vec![]);
     }
 
+    async fn many_keys_go_in_batches_and_come_back_after_a_lost_lease(
+        store: Arc<dyn MetadataStore>,
+    ) {
+        let schema = KeySchema::default();
+        let registration =
+            Registration::register(store.clone(), schema.clone(), record("s1"), TTL, None)
+                .await
+                .unwrap();
+        // More keys than one transaction takes.
+        let entries: Vec<(String, Vec<u8>)> = (0..REPUT_BATCH as u32 + 7)
+            .map(|shard| {
+                (
+                    schema.replica("docs", shard, "s1"),
+                    format!("{{\"shard\":{shard}}}").into_bytes(),
+                )
+            })
+            .collect();
+        registration.put_leased_many(entries.clone()).await.unwrap();
+        for (key, value) in &entries {
+            let stored = store.get(key).await.unwrap().unwrap();
+            assert_eq!(
+                (&stored.value, stored.lease),
+                (value, registration.lease_id())
+            );
+        }
+        // A lost lease met by the batch: it re-registers and every key is back under the
+        // new lease, the ones of this batch included.
+        let old_lease = registration.lease_id();
+        store.revoke_lease(old_lease).await.unwrap();
+        let newer: Vec<(String, Vec<u8>)> = entries
+            .iter()
+            .take(3)
+            .map(|(key, _)| (key.clone(), b"{\"v\":2}".to_vec()))
+            .collect();
+        registration.put_leased_many(newer.clone()).await.unwrap();
+        let new_lease = registration.lease_id();
+        assert_ne!(new_lease, old_lease);
+        for (index, (key, value)) in entries.iter().enumerate() {
+            let stored = store.get(key).await.unwrap().unwrap();
+            let expected = if index < 3 { &newer[index].1 } else { value };
+            assert_eq!(
+                (&stored.value, stored.lease),
+                (expected, new_lease),
+                "{key}"
+            );
+        }
+        registration.shutdown().await.unwrap();
+        assert_eq!(store.get_prefix("/quiver/").await.unwrap().0, vec![]);
+    }
+
     async fn invalid_ids_and_ttls_are_rejected(store: Arc<dyn MetadataStore>) {
         let schema = KeySchema::default();
         let error = Registration::register(store.clone(), schema.clone(), record("a/b"), TTL, None)
@@ -718,6 +809,17 @@ mod tests {
     #[tokio::test]
     async fn memory_registration_lost_lease() {
         lost_lease_is_replaced_and_keys_rewritten(memory()).await;
+    }
+
+    #[tokio::test]
+    async fn memory_registration_puts_many_keys() {
+        many_keys_go_in_batches_and_come_back_after_a_lost_lease(memory()).await;
+    }
+
+    #[tokio::test]
+    async fn etcd_registration_puts_many_keys() {
+        let (_server, store) = etcd().await;
+        many_keys_go_in_batches_and_come_back_after_a_lost_lease(store).await;
     }
 
     #[tokio::test]

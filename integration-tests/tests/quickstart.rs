@@ -112,7 +112,10 @@ fn the_quickstart_runs_and_a_kept_cluster_stops_on_sigterm() {
             "siftsmall's recall@10 through the quickstart's exact index:\n{text}"
         );
     }
-    assert!(text.contains("searcher-3"), "the status lists the Searchers:\n{text}");
+    assert!(
+        text.contains("searcher-3"),
+        "the status lists the Searchers:\n{text}"
+    );
     assert!(
         text.contains("/quiver/assignments/siftsmall/0"),
         "the etcd keys are shown:\n{text}"

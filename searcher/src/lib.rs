@@ -4,6 +4,7 @@
 //! - [`service`]: the [`service::SearcherService`] trait and [`service::SearcherNode`].
 //! - [`grpc`]: the thin gRPC adapter.
 //! - [`reconcile`]: follows the assignments in etcd, opening and closing replicas.
+//! - [`status`]: publishes every hosted replica's status record to etcd.
 //! - [`replication`]: primary → follower log shipping, fencing, recovery, snapshot copy.
 //! - [`server`]: wires one process together. [`readiness`]: when it is ready for traffic.
 //! - [`metrics`]: the Prometheus metrics served at `/metrics`.
@@ -20,6 +21,7 @@ pub mod replica;
 pub mod replication;
 pub mod server;
 pub mod service;
+pub mod status;
 pub mod wal;
 
 pub use error::{Error, Result};

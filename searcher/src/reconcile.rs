@@ -11,8 +11,9 @@
 //! routing to them first), and their status key deleted. Their files are deleted only after a fresh etcd read confirms the collection
 //! is gone (or re-created) or the shard moved away: a view that merely lacks the record (a
 //! malformed value, say) must never cost data. Status keys live under the Searcher's lease,
-//! so a Searcher that dies takes them with it. Point counts are republished shortly after
-//! writes (coalesced) and on the timer, never on the write path itself.
+//! so a Searcher that dies takes them with it. Every status write goes through the
+//! [`StatusPublisher`](crate::status::StatusPublisher), which also republishes point counts
+//! shortly after writes, so they never wait for this loop's slower work.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -21,8 +22,8 @@ use std::{
 };
 
 use quiver_cluster::{
-    model::{decode, encode, AssignmentRecord, CollectionRecord, ReplicaRecord},
-    ClusterState, ClusterView, KeySchema, MetadataStore, Registration, ReplicaPhase,
+    model::{decode, AssignmentRecord, CollectionRecord},
+    ClusterState, ClusterView, KeySchema, MetadataStore, ReplicaPhase,
 };
 use tokio::sync::watch;
 
@@ -31,32 +32,27 @@ use crate::{
     replica::{Replica, ReplicaConfig, ReplicaCounters},
     replication::{PeerClients, QuorumMembers, Replicator},
     service::{Hosted, SearcherNode},
+    status::{Status, StatusHandle},
 };
 use quiver_cluster::ReplicaRole;
 use tokio::task::JoinHandle;
 
-/// How often counters are republished and failed opens retried.
-const STATUS_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the loop runs without a change (failed opens are retried then).
+const PASS_INTERVAL: Duration = Duration::from_secs(2);
+/// How soon a failed open is retried.
 const OPEN_RETRY_BACKOFF: Duration = Duration::from_secs(5);
-/// Writes arriving within this window share one status update.
-const COUNTER_PUBLISH_DELAY: Duration = Duration::from_millis(300);
 
 pub struct Reconciler {
     node: Arc<SearcherNode>,
     store: Arc<dyn MetadataStore>,
     view: ClusterView,
-    registration: Arc<Registration>,
+    status: StatusHandle,
     schema: KeySchema,
-    /// What was last written to each status key, to skip unchanged republishing.
-    published: HashMap<(String, u32), ReplicaRecord>,
     open_failures: HashMap<(String, u32), (Instant, String)>,
     replicator: Arc<Replicator>,
     /// The follow or recovery task of each replica, whichever its role needs.
     tasks: HashMap<(String, u32), (TaskKind, JoinHandle<()>)>,
     drain_grace: Duration,
-    /// TEST ONLY (see [`crate::fault::FaultConfig::boot_gate`]): while this file exists,
-    /// replicas are published BOOTING instead of ACTIVE.
-    boot_gate: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +66,7 @@ impl Reconciler {
         node: Arc<SearcherNode>,
         store: Arc<dyn MetadataStore>,
         view: ClusterView,
-        registration: Arc<Registration>,
+        status: StatusHandle,
         schema: KeySchema,
         drain_grace: Duration,
     ) -> Reconciler {
@@ -83,21 +79,13 @@ impl Reconciler {
             node,
             store,
             view,
-            registration,
+            status,
             schema,
-            published: HashMap::new(),
             open_failures: HashMap::new(),
             replicator,
             tasks: HashMap::new(),
             drain_grace,
-            boot_gate: None,
         }
-    }
-
-    /// TEST ONLY: holds every replica BOOTING (as published) while `gate` exists.
-    pub fn with_boot_gate(mut self, gate: Option<std::path::PathBuf>) -> Reconciler {
-        self.boot_gate = gate;
-        self
     }
 
     /// Announces every hosted replica DRAINING (graceful stop): Mergers stop routing to
@@ -109,7 +97,9 @@ impl Reconciler {
                 .replica
                 .as_ref()
                 .map_or_else(zero_counters, |replica| replica.counters());
-            self.publish(&key, ReplicaPhase::Draining, counters).await;
+            self.status
+                .publish(&key, Status::Phase(ReplicaPhase::Draining, counters))
+                .await;
         }
         for (_, (_, task)) in self.tasks.drain() {
             task.abort();
@@ -119,7 +109,7 @@ impl Reconciler {
     /// Runs until `shutdown` turns true, then hands itself back for the drain.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Reconciler {
         let mut changes = self.view.subscribe();
-        let mut ticker = tokio::time::interval(STATUS_INTERVAL);
+        let mut ticker = tokio::time::interval(PASS_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *shutdown.borrow() {
@@ -135,9 +125,6 @@ impl Reconciler {
                     }
                 }
                 _ = ticker.tick() => {}
-                _ = self.node.writes_applied().notified() => {
-                    tokio::time::sleep(COUNTER_PUBLISH_DELAY).await;
-                }
                 _ = shutdown.changed() => {}
             }
         }
@@ -167,7 +154,7 @@ impl Reconciler {
             .collect();
         for key in abandoned {
             self.open_failures.remove(&key);
-            self.unpublish(&key).await;
+            self.status.unpublish(&key).await;
         }
 
         let hosted = self.node.hosted();
@@ -184,7 +171,9 @@ impl Reconciler {
         }
 
         self.follow_roles(state);
-        self.publish_counters().await;
+        // A pass may change what a record says (a primary ready for writes in a new epoch,
+        // say): have the publisher look.
+        self.node.writes_applied().notify_one();
     }
 
     /// Gives every open replica the assignment the view shows and the task its role needs:
@@ -255,7 +244,8 @@ impl Reconciler {
             shard,
             Some(Hosted::new(ReplicaPhase::Booting, None)),
         );
-        self.publish(&key, ReplicaPhase::Booting, zero_counters())
+        self.status
+            .publish(&key, Status::Phase(ReplicaPhase::Booting, zero_counters()))
             .await;
         let dir = self.node.replica_dir(&collection, shard);
         let wal_options = self.node.wal_options();
@@ -283,7 +273,9 @@ impl Reconciler {
                     Some(Hosted::new(phase, Some(Arc::new(replica)))),
                 );
                 self.open_failures.remove(&key);
-                self.publish(&key, phase, counters).await;
+                self.status
+                    .publish(&key, Status::Phase(phase, counters))
+                    .await;
                 tracing::info!(%collection, shard, ?role, ?phase, applied_seq = counters.applied_seq, "replica opened");
             }
             Ok(Err(error)) => {
@@ -308,12 +300,9 @@ impl Reconciler {
     async fn record_open_failure(&mut self, key: (String, u32), reason: &str, corrupt: bool) {
         tracing::error!(collection = %key.0, shard = key.1, %reason, corrupt, "replica failed to open");
         self.node.set_slot(&key.0, key.1, None);
-        let record = ReplicaRecord {
-            state: ReplicaPhase::Failed,
-            error: Some(reason.to_string()),
-            ..Default::default()
-        };
-        self.publish_record(&key, record).await;
+        self.status
+            .publish(&key, Status::Failed(reason.to_string()))
+            .await;
         crate::metrics::replica_open_failed(corrupt);
         let mut quarantined = false;
         if corrupt {
@@ -362,7 +351,8 @@ impl Reconciler {
         }
         self.node
             .set_phase(collection, *shard, ReplicaPhase::Draining);
-        self.publish(key, ReplicaPhase::Draining, zero_counters())
+        self.status
+            .publish(key, Status::Phase(ReplicaPhase::Draining, zero_counters()))
             .await;
         // Mergers route by what etcd says: give them a moment to see DRAINING before the
         // replica stops answering.
@@ -397,7 +387,7 @@ impl Reconciler {
                 );
             }
         }
-        self.unpublish(key).await;
+        self.status.unpublish(key).await;
     }
 
     /// True only when etcd itself says the files can never be needed again: the collection
@@ -422,97 +412,6 @@ impl Reconciler {
                 .is_ok_and(|assignment| !assignment.replicas.iter().any(|id| id == self.node.id())),
             _ => false,
         }
-    }
-
-    async fn publish_counters(&mut self) {
-        for (key, hosted) in self.node.hosted() {
-            let Some(replica) = hosted.replica else {
-                continue;
-            };
-            if hosted.phase == ReplicaPhase::Draining {
-                continue;
-            }
-            let counters = replica.counters();
-            // The local truth, whether or not etcd takes the record below.
-            crate::metrics::set_replica_points(&key.0, key.1, counters.point_count);
-            if let Some(bytes) = replica.index_memory_bytes() {
-                crate::metrics::set_replica_index_bytes(&key.0, key.1, bytes);
-            }
-            self.publish(&key, hosted.phase, counters).await;
-        }
-    }
-
-    async fn publish(
-        &mut self,
-        key: &(String, u32),
-        phase: ReplicaPhase,
-        counters: ReplicaCounters,
-    ) {
-        let assignment = self.view.current().assignment(&key.0, key.1).cloned();
-        let gated = phase == ReplicaPhase::Active
-            && self.boot_gate.as_ref().is_some_and(|gate| gate.exists());
-        let epoch = assignment.as_ref().map_or(0, |assignment| assignment.epoch);
-        let role = assignment.and_then(|assignment| assignment.role_of(self.node.id()));
-        // Only a primary ready for writes in the assignment's epoch vouches for learners.
-        let shard = self.node.shard_state(&key.0, key.1);
-        let learners_in_sync = match &shard {
-            Some(shard)
-                if phase == ReplicaPhase::Active
-                    && role == Some(ReplicaRole::Primary)
-                    && shard.ready_epoch() == epoch =>
-            {
-                shard.log.learners_to_vouch_for()
-            }
-            _ => Vec::new(),
-        };
-        let record = ReplicaRecord {
-            state: if gated { ReplicaPhase::Booting } else { phase },
-            point_count: counters.point_count,
-            applied_seq: counters.applied_seq,
-            epoch,
-            role,
-            learners_in_sync: learners_in_sync.clone(),
-            error: None,
-        };
-        if self.publish_record(key, record).await {
-            if let Some(shard) = shard {
-                shard.log.published(&learners_in_sync);
-            }
-        }
-    }
-
-    /// Puts the record unless etcd holds it already; true when etcd holds it.
-    async fn publish_record(&mut self, key: &(String, u32), record: ReplicaRecord) -> bool {
-        if self.published.get(key) == Some(&record) {
-            return true;
-        }
-        let etcd_key = self.schema.replica(&key.0, key.1, self.node.id());
-        match self
-            .registration
-            .put_leased(&etcd_key, encode(&record))
-            .await
-        {
-            Ok(()) => {
-                crate::metrics::set_replica_points(&key.0, key.1, record.point_count);
-                crate::metrics::set_replica_state(&key.0, key.1, record.state, record.role);
-                self.published.insert(key.clone(), record);
-                true
-            }
-            Err(error) => {
-                // Retried on the next tick, since `published` still holds the old value.
-                tracing::warn!(key = %etcd_key, %error, "could not publish replica status");
-                false
-            }
-        }
-    }
-
-    async fn unpublish(&mut self, key: &(String, u32)) {
-        let etcd_key = self.schema.replica(&key.0, key.1, self.node.id());
-        if let Err(error) = self.registration.delete_leased(&etcd_key).await {
-            tracing::warn!(key = %etcd_key, %error, "could not delete replica status");
-        }
-        self.published.remove(key);
-        crate::metrics::forget_replica(&key.0, key.1);
     }
 }
 

@@ -25,6 +25,7 @@ use crate::{
     grpc::SearcherGrpc,
     reconcile::Reconciler,
     service::SearcherNode,
+    status::StatusPublisher,
     wal::{WalOptions, WalSync},
 };
 
@@ -182,16 +183,23 @@ pub async fn run(
         readiness.clone(),
         reconciler_stop_signal.clone(),
     ));
+    let (publisher, status) = StatusPublisher::new(
+        Arc::clone(&node),
+        view.clone(),
+        Arc::clone(&registration),
+        schema.clone(),
+        config.faults.boot_gate.clone(),
+    );
+    let publisher = tokio::spawn(publisher.run());
     let reconciler = tokio::spawn(
         Reconciler::new(
             Arc::clone(&node),
             Arc::clone(&store),
             view.clone(),
-            Arc::clone(&registration),
+            status,
             schema,
             config.drain_grace,
         )
-        .with_boot_gate(config.faults.boot_gate.clone())
         .run(reconciler_stop_signal),
     );
     let log_syncer = match config.wal.sync {
@@ -220,6 +228,8 @@ pub async fn run(
         drop(reconciler);
         tokio::time::sleep(config.drain_grace).await;
     }
+    // Its last handle went with the reconciler: it stops, and lets go of the registration.
+    let _ = publisher.await;
     if let Some(syncer) = log_syncer {
         syncer.abort();
     }
