@@ -16,11 +16,13 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${RUST_IMAGE} AS builder
 
-# protoc compiles quiver.v1 and etcd's API. FAISS is built from its bundled sources by the
-# `faiss` crate (feature `static`) with cmake and g++, and links against BLAS and LAPACK.
+# protoc compiles quiver.v1 and etcd's API, which import protobuf's well-known types
+# (/usr/include/google/protobuf, from libprotobuf-dev: protobuf-compiler only recommends
+# it). FAISS is built from its bundled sources by the `faiss` crate (feature `static`) with
+# cmake and g++, and links against BLAS and LAPACK.
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        protobuf-compiler cmake g++ pkg-config libopenblas-dev liblapack-dev \
+        protobuf-compiler libprotobuf-dev cmake g++ libopenblas-dev liblapack-dev \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
