@@ -25,25 +25,12 @@ use crate::{
     view::ClusterState,
 };
 
-/// A shard's voting replicas, primary first.
-fn voting_primary_first(assignment: &AssignmentRecord) -> Vec<String> {
-    let primary = assignment.primary();
-    let mut replicas = Vec::with_capacity(assignment.replicas.len());
-    replicas.extend(
-        assignment
-            .replicas
-            .iter()
-            .find(|id| *id == primary)
-            .cloned(),
-    );
-    replicas.extend(
-        assignment
-            .replicas
-            .iter()
-            .filter(|id| *id != primary)
-            .cloned(),
-    );
-    replicas
+/// `replicas` with `primary` first (when it is one of them), the rest in their order.
+fn primary_first(replicas: &[String], primary: &str) -> Vec<String> {
+    let mut ordered = Vec::with_capacity(replicas.len());
+    ordered.extend(replicas.iter().find(|id| *id == primary).cloned());
+    ordered.extend(replicas.iter().filter(|id| *id != primary).cloned());
+    ordered
 }
 
 /// The target replicas of every shard of `collection` (index = shard, primary first), from
@@ -64,7 +51,9 @@ fn collection_targets(
                 Some((given, assignment)) if given == shard => Some(assignment),
                 _ => state.assignment(collection, shard),
             };
-            assignment.map(voting_primary_first).unwrap_or_default()
+            assignment
+                .map(|assignment| primary_first(&assignment.replicas, assignment.primary()))
+                .unwrap_or_default()
         })
         .collect();
     balance_collection(ring, collection, record.replication_factor, &current)
@@ -460,17 +449,11 @@ impl ShardFacts<'_> {
     }
 }
 
-/// `assignment` with `primary` leading, first in `replicas`, in the next epoch.
+/// `assignment` with `primary` (one of its voting replicas) leading, first in `replicas`,
+/// in the next epoch.
 fn with_primary(assignment: &AssignmentRecord, primary: &str) -> AssignmentRecord {
-    let mut replicas = Vec::with_capacity(assignment.replicas.len());
-    replicas.push(primary.to_string());
-    replicas.extend(
-        assignment
-            .replicas
-            .iter()
-            .filter(|id| *id != primary)
-            .cloned(),
-    );
+    debug_assert!(assignment.replicas.iter().any(|id| id == primary));
+    let replicas = primary_first(&assignment.replicas, primary);
     AssignmentRecord {
         replicas,
         primary: primary.to_string(),
