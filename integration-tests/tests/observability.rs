@@ -611,9 +611,22 @@ async fn readiness_waits_for_every_assigned_replica_to_be_active() {
     )
     .await;
     let body = wait_readiness(&second, "quiver.v1.Searcher", ServingStatus::NotServing).await;
-    assert!(
-        body.starts_with("not ready: replica second/") && body.trim().ends_with("is BOOTING"),
-        "{body}"
+    // It names one replica of its own that etcd shows BOOTING: one of `second`'s, or the
+    // shard of `first` that even placement moved onto it (two replicas on two Searchers).
+    let named = body
+        .trim()
+        .strip_prefix("not ready: replica ")
+        .and_then(|rest| rest.strip_suffix(" is BOOTING"))
+        .and_then(|replica| replica.split_once('/'))
+        .unwrap_or_else(|| panic!("{body}"));
+    let record = cluster.etcd_json(&format!(
+        "/quiver/replicas/{}/{}/{second_id}",
+        named.0, named.1
+    ));
+    assert_eq!(
+        record.as_ref().map(|record| record["state"].clone()),
+        Some("BOOTING".into()),
+        "{body}: {record:?}"
     );
     // Liveness is not readiness.
     assert_eq!(
@@ -649,9 +662,25 @@ async fn readiness_waits_for_every_assigned_replica_to_be_active() {
     // Open the gate: the replicas turn ACTIVE and the Searcher ready.
     std::fs::remove_file(&gate).expect("remove the gate file");
     let body = wait_readiness(&second, "quiver.v1.Searcher", ServingStatus::Serving).await;
+    let assigned = ["first", "second"]
+        .iter()
+        .flat_map(|collection| {
+            (0..2).map(move |shard| format!("/quiver/assignments/{collection}/{shard}"))
+        })
+        .filter(|key| {
+            // Voting replicas and learners: readiness counts every replica it hosts.
+            cluster.etcd_json(key).is_some_and(|assignment| {
+                ["replicas", "learners"].iter().any(|members| {
+                    assignment[members]
+                        .as_array()
+                        .is_some_and(|ids| ids.iter().any(|id| *id == second_id.as_str()))
+                })
+            })
+        })
+        .count();
     assert_eq!(
         body.trim(),
-        "ready: registered; all 2 assigned replicas ACTIVE"
+        format!("ready: registered; all {assigned} assigned replicas ACTIVE")
     );
     wait_readiness(&first, "quiver.v1.Searcher", ServingStatus::Serving).await;
 }
