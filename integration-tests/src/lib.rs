@@ -867,22 +867,33 @@ pub async fn upsert_rows(
                 payload_json: format!(r#"{{"row":{row}}}"#),
             })
             .collect();
-        let response = client
-            .upsert(UpsertRequest {
-                collection: collection.to_string(),
-                points,
-                ..Default::default()
-            })
-            .await
-            .expect("upsert")
-            .into_inner();
-        assert_eq!(response.upserted as usize, chunk.len());
-        assert!(
-            response.failed_replicas.is_empty(),
-            "replicas failed: {:?}",
-            response.failed_replicas
-        );
+        upsert_points(client, collection, points).await;
     }
+}
+
+/// Upserts `points` through the Merger; every one must be upserted with no replica failing.
+pub async fn upsert_points(
+    client: &mut MergerClient<Channel>,
+    collection: &str,
+    points: Vec<Point>,
+) -> quiver_proto::v1::UpsertResponse {
+    let count = points.len();
+    let response = client
+        .upsert(UpsertRequest {
+            collection: collection.to_string(),
+            points,
+            ..Default::default()
+        })
+        .await
+        .expect("upsert")
+        .into_inner();
+    assert_eq!(response.upserted as usize, count);
+    assert!(
+        response.failed_replicas.is_empty(),
+        "replicas failed: {:?}",
+        response.failed_replicas
+    );
+    response
 }
 
 /// A plain HTTP/1.1 GET, as Prometheus scrapes: returns (status line, body).

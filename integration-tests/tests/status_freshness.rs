@@ -16,8 +16,8 @@ use quiver_cluster::{
     model::ReplicaRecord, placement::shard_of, ClusterState, KeySchema, MetadataStore,
 };
 use quiver_index::dataset;
-use quiver_integration_tests::{collection_config, Cluster, ClusterOptions};
-use quiver_proto::v1::{self, Point, UpsertRequest};
+use quiver_integration_tests::{collection_config, upsert_points, Cluster, ClusterOptions};
+use quiver_proto::v1::{self, Point};
 
 const SHARDS: u32 = 4;
 const REPLICATION_FACTOR: u32 = 2;
@@ -84,17 +84,8 @@ async fn write_and_watch_status(cluster: &Cluster, collection: &str) -> Duration
         for point in &points {
             expected_points[shard_of(&point.id, SHARDS) as usize] += 1;
         }
-        let response = client
-            .upsert(UpsertRequest {
-                collection: collection.to_string(),
-                points,
-                ..Default::default()
-            })
-            .await
-            .expect("upsert")
-            .into_inner();
+        let response = upsert_points(&mut client, collection, points).await;
         let acknowledged = Instant::now();
-        assert_eq!(response.upserted as usize, BATCH);
         for shard in &response.shards {
             assert_eq!(
                 shard.acknowledged_by.len(),
@@ -142,13 +133,12 @@ async fn write_and_watch_status(cluster: &Cluster, collection: &str) -> Duration
     longest
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_follows_writes_within_a_second_with_every_core_busy() {
-    let cluster = Cluster::start(3, 10).await;
-    let mut client = cluster.client().await;
-    client
+async fn create(cluster: &Cluster, name: &str) {
+    cluster
+        .client()
+        .await
         .create_collection(collection_config(
-            "fresh",
+            name,
             16,
             v1::Metric::L2,
             SHARDS,
@@ -156,6 +146,12 @@ async fn status_follows_writes_within_a_second_with_every_core_busy() {
         ))
         .await
         .expect("create");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_follows_writes_within_a_second_with_every_core_busy() {
+    let cluster = Cluster::start(3, 10).await;
+    create(&cluster, "fresh").await;
     let busy = BusyCores::start();
     let longest = write_and_watch_status(&cluster, "fresh").await;
     drop(busy);
@@ -170,20 +166,12 @@ async fn status_follows_writes_while_the_same_searchers_drain_other_replicas() {
         options.searcher_args(index, &drain)
     });
     let cluster = Cluster::start_with(options).await;
-    let mut client = cluster.client().await;
     for name in ["kept", "dropped"] {
-        client
-            .create_collection(collection_config(
-                name,
-                16,
-                v1::Metric::L2,
-                SHARDS,
-                REPLICATION_FACTOR,
-            ))
-            .await
-            .expect("create");
+        create(&cluster, name).await;
     }
-    client
+    cluster
+        .client()
+        .await
         .drop_collection(v1::DropCollectionRequest {
             name: "dropped".to_string(),
         })

@@ -708,36 +708,42 @@ fn search_replicas(request: &ShardSearch, replicas: &[(u32, Arc<Replica>)]) -> S
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{replica::ReplicaConfig, replication::QuorumMembers};
     use quiver_index::Metric;
 
-    /// A node hosting `c/0` as the ready primary of epoch 1, with `s2` and `s3` voting.
-    fn primary_node(dir: &Path) -> SearcherNode {
-        let node = SearcherNode::new("s1".into(), dir.to_path_buf());
+    /// Hosts `c/<shard>` (4 dimensions, L2, flat) on `node` as the ready primary of epoch 1,
+    /// with `voters` (the node first) as its voting replicas.
+    pub(crate) fn host_primary(node: &SearcherNode, shard: u32, voters: &[&str]) {
         let config = ReplicaConfig {
             collection: "c".into(),
-            shard: 0,
+            shard,
             dimension: 4,
             metric: Metric::L2,
             index_spec: "flat".into(),
             incarnation: "t".into(),
         };
-        let replica = Replica::open(&node.replica_dir("c", 0), config).unwrap();
+        let replica = Replica::open(&node.replica_dir("c", shard), config).unwrap();
         replica.begin_epoch(1).unwrap();
         let slot = Hosted::new(ReplicaPhase::Active, Some(Arc::new(replica)));
         let assignment =
-            quiver_cluster::AssignmentRecord::new(vec!["s1".into(), "s2".into(), "s3".into()]);
+            quiver_cluster::AssignmentRecord::new(voters.iter().map(|id| id.to_string()).collect());
         let members = QuorumMembers::of(
             &assignment,
-            "s1",
-            Some(3),
+            node.id(),
+            Some(voters.len() as u32),
             &quiver_cluster::ClusterState::default(),
         );
         slot.state.set_assignment(Some(assignment), members);
         slot.state.lead(1, 0);
-        node.set_slot("c", 0, Some(slot));
+        node.set_slot("c", shard, Some(slot));
+    }
+
+    /// A node hosting `c/0` as the ready primary of epoch 1, with `s2` and `s3` voting.
+    fn primary_node(dir: &Path) -> SearcherNode {
+        let node = SearcherNode::new("s1".into(), dir.to_path_buf());
+        host_primary(&node, 0, &["s1", "s2", "s3"]);
         node
     }
 

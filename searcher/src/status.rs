@@ -332,9 +332,7 @@ mod tests {
     use super::*;
     use crate::{
         point::PointData,
-        replica::{Replica, ReplicaConfig},
-        replication::QuorumMembers,
-        service::{Hosted, SearcherService, ShardWrite},
+        service::{SearcherService, ShardWrite},
         wal::WalOp,
     };
 
@@ -396,34 +394,11 @@ mod tests {
         }
     }
 
-    fn config(shard: u32) -> ReplicaConfig {
-        ReplicaConfig {
-            collection: "c".into(),
-            shard,
-            dimension: 4,
-            metric: Metric::L2,
-            index_spec: "flat".into(),
-            incarnation: "t".into(),
-        }
-    }
-
     /// A node hosting `c/0` and `c/1` as the ready primary of epoch 1 at RF 1.
     fn node(dir: &std::path::Path) -> Arc<SearcherNode> {
         let node = SearcherNode::new("s1".into(), dir.to_path_buf());
         for shard in 0..2 {
-            let replica = Replica::open(&node.replica_dir("c", shard), config(shard)).unwrap();
-            replica.begin_epoch(1).unwrap();
-            let slot = Hosted::new(ReplicaPhase::Active, Some(Arc::new(replica)));
-            let assignment = AssignmentRecord::new(vec!["s1".into()]);
-            let members = QuorumMembers::of(
-                &assignment,
-                "s1",
-                Some(1),
-                &quiver_cluster::ClusterState::default(),
-            );
-            slot.state.set_assignment(Some(assignment), members);
-            slot.state.lead(1, 0);
-            node.set_slot("c", shard, Some(slot));
+            crate::service::tests::host_primary(&node, shard, &["s1"]);
         }
         Arc::new(node)
     }
