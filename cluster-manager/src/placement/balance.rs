@@ -61,9 +61,10 @@ impl LoadBounds {
 }
 
 /// One replica added or dropped: the unit of cost. The tie-breaks below sum to less than
-/// one unit over any placement of up to 1,024 shards x RF 8 (2^13 replicas, 2^14 replicas
+/// one unit for any collection of up to 2^13 replicas (1,024 shards x RF 8; 2^14 replicas
 /// added or dropped): primaries below 2^64 each (2^78 in all), preferences below 2^48 each
 /// (2^62 in all), so no number of them outweighs one move, nor preferences a primary.
+/// (Past that size ties may be broken less well; the bounds hold all the same.)
 const MOVE: i128 = 1 << 80;
 const PRIMARY_DROPPED: i128 = 1 << 64;
 /// Mandatory units (a short shard's replicas, a Searcher's way back into its bounds) are
@@ -140,7 +141,7 @@ pub fn place_new_collection(
 /// the Searchers on `ring`, starting from `current` (each shard's voting replicas now,
 /// primary first; `current.len()` is the shard count). Each shard gets
 /// `min(replication_factor, ring.searchers().len())` distinct Searchers (none when the ring
-/// is empty): those it keeps in their order, then those it gains, closest on the ring first.
+/// is empty): those it keeps in their order, then those it gains, the most preferred first.
 pub fn balance_collection(
     ring: &HashRing,
     collection: &str,
