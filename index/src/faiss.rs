@@ -52,7 +52,7 @@ use crate::{
     persist::{Reader, Writer},
     spec::FaissSpec,
     validate::{prepare_batch, prepare_query},
-    Error, IndexSpec, Metric, Neighbor, Result, SearchParams, TopK, VectorIndex,
+    AllowList, Error, IndexSpec, Metric, Neighbor, Result, SearchParams, TopK, VectorIndex,
 };
 
 const META_FILE: &str = "faiss.bin";
@@ -261,16 +261,63 @@ impl FaissIndex {
         top.into_sorted_vec()
     }
 
+    /// FAISS's labels for `query` under the per-query `params` (see
+    /// [`FaissIndex::faiss_search`] for `only`). An `efSearch` override is set on the index
+    /// itself, so it is applied, searched with and restored under the write lock, so no
+    /// other search sees it.
+    fn labels(
+        &self,
+        inner: RwLockReadGuard<'_, Inner>,
+        query: &[f32],
+        k: usize,
+        params: &SearchParams,
+        only: Option<&Selector>,
+    ) -> Result<Vec<idx_t>> {
+        let ef_override = (params.ef_search > 0)
+            .then_some(f64::from(params.ef_search))
+            .filter(|&ef| Some(ef) != self.ef_search);
+        let nprobe_override = (params.nprobe > 0).then_some(params.nprobe as usize);
+        let Some(ef) = ef_override else {
+            return self.faiss_search(&inner, query, k, nprobe_override, only);
+        };
+        drop(inner);
+        let guard = self
+            .inner
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let space = ParameterSpace::new().map_err(faiss_error)?;
+        let applied = space
+            .set_index_parameter(&guard.index, "efSearch", ef)
+            .is_ok();
+        let result = self.faiss_search(&guard, query, k, nprobe_override, only);
+        if applied {
+            let restore = self.ef_search.unwrap_or(DEFAULT_EF_SEARCH);
+            space
+                .set_index_parameter(&guard.index, "efSearch", restore)
+                .map_err(faiss_error)?;
+        }
+        result
+    }
+
+    /// FAISS's labels for `query`. With `only`, a selector of the slots a filter allows
+    /// (live ones only), FAISS skips every other slot, and an index kind that refuses
+    /// search parameters is an error; without it, tombstones are skipped through
+    /// [`FaissIndex::filter`], or over-fetched where parameters are refused.
     fn faiss_search(
         &self,
         inner: &Inner,
         query: &[f32],
         k: usize,
         nprobe_override: Option<usize>,
+        only: Option<&Selector>,
     ) -> Result<Vec<idx_t>> {
         let index = inner.index.inner_ptr();
         // SAFETY: `index` is a valid CPU index owned by `inner`; the cast only inspects it.
         let is_ivf = unsafe { !faiss_IndexIVF_cast(index).is_null() };
+        if let Some(only) = only {
+            let nprobe = nprobe_override.or(self.nprobe.map(|value| value as usize));
+            return search_filtered(index, query, k, only, is_ivf, nprobe);
+        }
         if let Some(filter) = &self.filter {
             let nprobe = nprobe_override.or(self.nprobe.map(|value| value as usize));
             match search_filtered(index, query, k, filter, is_ivf, nprobe) {
@@ -397,35 +444,74 @@ impl VectorIndex for FaissIndex {
         if !inner.populated {
             return Ok(self.exact_search(&query, k));
         }
-        let ef_override = (params.ef_search > 0)
-            .then_some(f64::from(params.ef_search))
-            .filter(|&ef| Some(ef) != self.ef_search);
-        let nprobe_override = (params.nprobe > 0).then_some(params.nprobe as usize);
-        let labels = match ef_override {
-            None => self.faiss_search(&inner, &query, k, nprobe_override)?,
-            Some(ef) => {
-                // FAISS keeps efSearch on the index: set it, search, restore, all under
-                // the write lock so no other search sees the override.
-                drop(inner);
-                let guard = self
-                    .inner
-                    .write()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                let space = ParameterSpace::new().map_err(faiss_error)?;
-                let applied = space
-                    .set_index_parameter(&guard.index, "efSearch", ef)
-                    .is_ok();
-                let result = self.faiss_search(&guard, &query, k, nprobe_override);
-                if applied {
-                    let restore = self.ef_search.unwrap_or(DEFAULT_EF_SEARCH);
-                    space
-                        .set_index_parameter(&guard.index, "efSearch", restore)
-                        .map_err(faiss_error)?;
-                }
-                result?
-            }
-        };
+        let labels = self.labels(inner, &query, k, params, None)?;
         Ok(self.rescore(&query, &labels, k))
+    }
+
+    fn search_among(&self, query: &[f32], k: usize, allowed: &AllowList) -> Result<Vec<Neighbor>> {
+        let query = self.prepare(query)?;
+        if k == 0 || allowed.is_empty() || self.slot_of_id.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut top = TopK::new(self.metric, k.min(allowed.len() as usize));
+        for id in allowed.ids() {
+            if let Some(&slot) = self.slot_of_id.get(&id) {
+                top.push(Neighbor {
+                    id,
+                    score: self.metric.score(&query, self.slot_vector(slot)),
+                });
+            }
+        }
+        Ok(top.into_sorted_vec())
+    }
+
+    /// FAISS's own search with an `IDSelectorBitmap` of the allowed live slots in its
+    /// search parameters, re-scored exactly. Index kinds that refuse parameters over-fetch
+    /// by the filter's selectivity and drop what it excludes.
+    fn search_filtered(
+        &self,
+        query: &[f32],
+        k: usize,
+        params: &SearchParams,
+        allowed: &AllowList,
+    ) -> Result<Vec<Neighbor>> {
+        let prepared = self.prepare(query)?;
+        let k = k.min(self.slot_of_id.len()).min(allowed.len() as usize);
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let inner = self.read();
+        if !inner.populated {
+            drop(inner);
+            return self.search_among(query, k, allowed);
+        }
+        let mut bitmap = vec![0u8; self.slot_ids.len().div_ceil(8)];
+        for id in allowed.ids() {
+            if let Some(&slot) = self.slot_of_id.get(&id) {
+                bitmap[slot / 8] |= 1 << (slot % 8);
+            }
+        }
+        let mut selector = ptr::null_mut();
+        // SAFETY: `bitmap` outlives the selector, which is dropped at the end of this call.
+        check(unsafe { faiss_IDSelectorBitmap_new(&mut selector, bitmap.len(), bitmap.as_ptr()) })?;
+        let only = Selector(selector.cast());
+        match self.labels(inner, &prepared, k, params, Some(&only)) {
+            Ok(labels) => Ok(self.rescore(&prepared, &labels, k)),
+            Err(_) => {
+                // This kind refuses search parameters: over-fetch instead.
+                let stored = self.slot_of_id.len() as u64;
+                let wanted = (k as u64)
+                    .saturating_mul(stored)
+                    .div_ceil(allowed.len().max(1))
+                    .saturating_mul(2)
+                    .min(stored) as usize;
+                let labels = self.labels(self.read(), &prepared, wanted.max(k), params, None)?;
+                let mut found = self.rescore(&prepared, &labels, wanted.max(k));
+                found.retain(|neighbor| allowed.contains(neighbor.id));
+                found.truncate(k);
+                Ok(found)
+            }
+        }
     }
 
     fn save(&self, dir: &Path) -> Result<()> {

@@ -25,7 +25,7 @@ use std::{collections::HashMap, path::Path};
 use crate::{
     persist::{Reader, Writer},
     validate::{prepare_batch, prepare_query, require_dimension},
-    Error, IndexSpec, Metric, Neighbor, Result, SearchParams, TopK, VectorIndex,
+    AllowList, Error, IndexSpec, Metric, Neighbor, Result, SearchParams, TopK, VectorIndex,
 };
 
 const FILE_NAME: &str = "flat.bin";
@@ -202,6 +202,47 @@ impl VectorIndex for FlatIndex {
 
     fn vector(&self, id: u64) -> Option<Vec<f32>> {
         self.row_of_id.get(&id).map(|&row| self.row(row).to_vec())
+    }
+
+    fn search_among(&self, query: &[f32], k: usize, allowed: &AllowList) -> Result<Vec<Neighbor>> {
+        require_dimension(self.dim)?;
+        let mut prepared = Vec::with_capacity(self.dim);
+        self.prepare_query(query, &mut prepared)?;
+        if k == 0 || allowed.is_empty() || self.ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut top = TopK::new(self.metric, k.min(allowed.len() as usize));
+        // A walk over every row when many are allowed (memory order, no hashing); a lookup
+        // per allowed id when few are.
+        if allowed.len() as usize * 8 >= self.ids.len() {
+            for (id, stored) in self.rows().filter(|(id, _)| allowed.contains(*id)) {
+                top.push(Neighbor {
+                    id,
+                    score: self.metric.score(&prepared, stored),
+                });
+            }
+        } else {
+            for id in allowed.ids() {
+                if let Some(&row) = self.row_of_id.get(&id) {
+                    top.push(Neighbor {
+                        id,
+                        score: self.metric.score(&prepared, self.row(row)),
+                    });
+                }
+            }
+        }
+        Ok(top.into_sorted_vec())
+    }
+
+    /// Exact already: the same as [`VectorIndex::search_among`].
+    fn search_filtered(
+        &self,
+        query: &[f32],
+        k: usize,
+        _params: &SearchParams,
+        allowed: &AllowList,
+    ) -> Result<Vec<Neighbor>> {
+        self.search_among(query, k, allowed)
     }
 
     fn search(&self, query: &[f32], k: usize, _params: &SearchParams) -> Result<Vec<Neighbor>> {

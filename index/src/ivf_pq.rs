@@ -75,15 +75,15 @@ use std::{
 use crate::{
     dot,
     ivf::{
-        check_capacity, index_ids, probe_count, scan_exact, slots_memory, training_due,
-        CoarseQuantizer, Slot, MIN_POINTS_PER_CELL,
+        check_capacity, filtered_probe_count, index_ids, probe_count, scan_exact, scan_exact_where,
+        search_among_slots, slots_memory, training_due, CoarseQuantizer, Slot, MIN_POINTS_PER_CELL,
     },
     kmeans::{self, SplitMix64},
     persist::{Reader, Writer},
     pq::{LookupTable, ProductQuantizer, MAX_TRAINING_POINTS_PER_CODEWORD},
     spec::IvfPqParams,
     validate::{prepare_batch, prepare_query, require_dimension},
-    Error, IndexSpec, Metric, Neighbor, Result, SearchParams, TopK, VectorIndex,
+    AllowList, Error, IndexSpec, Metric, Neighbor, Result, SearchParams, TopK, VectorIndex,
 };
 
 const FILE_NAME: &str = "ivf_pq.bin";
@@ -466,40 +466,72 @@ impl IvfPqIndex {
         (lists, slots)
     }
 
-    /// Exact search over everything (the untrained case).
-    fn search_exact(&self, query: &[f32], k: usize) -> Vec<Neighbor> {
-        let mut top = TopK::new(self.metric, k.min(self.len()));
+    /// Exact search over everything (the untrained case), or over what `allowed` holds.
+    fn search_exact(&self, query: &[f32], k: usize, allowed: Option<&AllowList>) -> Vec<Neighbor> {
+        let wanted = k
+            .min(self.len())
+            .min(allowed.map_or(usize::MAX, |allowed| allowed.len() as usize));
+        if wanted == 0 {
+            return Vec::new();
+        }
+        let mut top = TopK::new(self.metric, wanted);
         for list in &self.lists {
-            scan_exact(
-                self.metric,
-                &list.ids,
-                &list.vectors,
-                self.dim,
-                query,
-                &mut top,
-            );
+            match allowed {
+                None => scan_exact(
+                    self.metric,
+                    &list.ids,
+                    &list.vectors,
+                    self.dim,
+                    query,
+                    &mut top,
+                ),
+                Some(allowed) => scan_exact_where(
+                    self.metric,
+                    &list.ids,
+                    &list.vectors,
+                    self.dim,
+                    query,
+                    &mut top,
+                    |id| allowed.contains(id),
+                ),
+            }
         }
         top.into_sorted_vec()
     }
 
+    /// The quantised search. With `allowed`, codes the filter excludes are skipped, and
+    /// lists past `nprobe` are scanned, closest first, until the candidates for re-ranking
+    /// are all in hand (every list at worst).
     fn search_quantized(
         &self,
         quantizers: &Quantizers,
         query: &[f32],
         k: usize,
         params: &SearchParams,
+        allowed: Option<&AllowList>,
     ) -> Vec<Neighbor> {
         let Quantizers {
             coarse,
             pq,
             precomputed,
         } = quantizers;
-        let nprobe = probe_count(self.params.nprobe, params, coarse.nlist());
+        let mut nprobe = probe_count(self.params.nprobe, params, coarse.nlist());
+        if let Some(allowed) = allowed {
+            nprobe = filtered_probe_count(
+                nprobe,
+                allowed.len() as f64 / self.len().max(1) as f64,
+                coarse.nlist(),
+            );
+        }
         let kept = match self.params.rerank {
             0 => k,
             rerank => k.saturating_mul(rerank),
         }
-        .min(self.len());
+        .min(self.len())
+        .min(allowed.map_or(usize::MAX, |allowed| allowed.len() as usize));
+        if kept == 0 {
+            return Vec::new();
+        }
         let mut candidates = Candidates::new(kept);
         let sign = if self.metric.lower_is_better() {
             1.0
@@ -515,7 +547,14 @@ impl IvfPqIndex {
         }
         let mut table = LookupTable::new();
         let mut residual = Vec::new();
-        for cell in coarse.probe(query, nprobe) {
+        let probed = match allowed {
+            None => coarse.probe(query, nprobe),
+            Some(_) => coarse.probe(query, coarse.nlist()),
+        };
+        for (position, cell) in probed.into_iter().enumerate() {
+            if position >= nprobe && candidates.heap.len() >= kept {
+                break;
+            }
             let list_index = cell.id as usize;
             let list = &self.lists[list_index];
             if list.ids.is_empty() {
@@ -548,6 +587,7 @@ impl IvfPqIndex {
                 base,
                 sign,
                 &mut candidates,
+                allowed,
             );
         }
         let rerank = self.params.rerank > 0;
@@ -645,9 +685,10 @@ impl IvfPqIndex {
     }
 }
 
-/// Scores every code of `list` and offers it to `candidates`; `sign` turns scores into
-/// keys (1 for L2, −1 for inner products).
+/// Scores every code of `list` (those `allowed` holds, when given) and offers it to
+/// `candidates`; `sign` turns scores into keys (1 for L2, −1 for inner products).
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn scan_codes(
     list: &PqList,
     list_index: u32,
@@ -656,9 +697,13 @@ fn scan_codes(
     base: f32,
     sign: f32,
     candidates: &mut Candidates,
+    allowed: Option<&AllowList>,
 ) {
     let mut threshold = candidates.threshold();
     for (row, (&id, code)) in list.ids.iter().zip(list.codes.chunks_exact(m)).enumerate() {
+        if allowed.is_some_and(|allowed| !allowed.contains(id)) {
+            continue;
+        }
         let score = base + table.score(code);
         // Most codes lose to the current worst; reject them before touching the heap. A
         // tie still goes to the heap, which breaks it by id.
@@ -752,8 +797,44 @@ impl VectorIndex for IvfPqIndex {
             return Ok(Vec::new());
         }
         Ok(match &self.quantizers {
-            None => self.search_exact(&prepared, k),
-            Some(quantizers) => self.search_quantized(quantizers, &prepared, k, params),
+            None => self.search_exact(&prepared, k, None),
+            Some(quantizers) => self.search_quantized(quantizers, &prepared, k, params, None),
+        })
+    }
+
+    fn search_among(&self, query: &[f32], k: usize, allowed: &AllowList) -> Result<Vec<Neighbor>> {
+        let mut prepared = Vec::with_capacity(self.dim);
+        prepare_query(self.dim, self.metric, query, &mut prepared)?;
+        Ok(search_among_slots(
+            self.metric,
+            &self.slots,
+            |slot| {
+                let row = slot.row as usize;
+                &self.lists[slot.list as usize].vectors[row * self.dim..(row + 1) * self.dim]
+            },
+            &prepared,
+            k,
+            allowed,
+        ))
+    }
+
+    fn search_filtered(
+        &self,
+        query: &[f32],
+        k: usize,
+        params: &SearchParams,
+        allowed: &AllowList,
+    ) -> Result<Vec<Neighbor>> {
+        let mut prepared = Vec::with_capacity(self.dim);
+        prepare_query(self.dim, self.metric, query, &mut prepared)?;
+        if k == 0 || self.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(match &self.quantizers {
+            None => self.search_exact(&prepared, k, Some(allowed)),
+            Some(quantizers) => {
+                self.search_quantized(quantizers, &prepared, k, params, Some(allowed))
+            }
         })
     }
 

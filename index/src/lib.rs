@@ -8,14 +8,18 @@
 //!   feature; [`IndexSpec`] names which one a collection uses.
 //! - [`Metric`] and [`Neighbor`]: how closeness is scored and ordered.
 //! - [`topk`]: the metric-aware top-k merge the Searcher and the Merger both use.
+//! - [`filtered`]: search restricted to an [`AllowList`] of ids, planned per query (an
+//!   exact scan of the allowed vectors, or the index's own filtered search).
 //! - [`dataset`]: readers for the `.fvecs`/`.ivecs` benchmark formats.
 
+mod allow;
 mod crc32;
 pub mod dataset;
 pub mod distance;
 mod error;
 #[cfg(feature = "faiss")]
 pub mod faiss;
+pub mod filtered;
 pub mod flat;
 pub mod hnsw;
 pub mod ivf;
@@ -28,6 +32,7 @@ pub mod spec;
 pub mod topk;
 mod validate;
 
+pub use allow::AllowList;
 pub use distance::{dot, l2_squared, simd_level, SimdLevel};
 pub use error::{Error, Result};
 pub use flat::FlatIndex;
@@ -35,9 +40,12 @@ pub use hnsw::HnswIndex;
 pub use ivf::IvfFlatIndex;
 pub use ivf_pq::IvfPqIndex;
 pub use metric::{normalize_in_place, Metric, Neighbor};
+pub use roaring::RoaringTreemap;
 pub use spec::{FaissSpec, HnswParams, IndexSpec, IvfFlatParams, IvfPqParams};
 pub use topk::{merge_top_k, TopK};
 pub use validate::validate_vector;
+
+use validate::require_dimension;
 
 use std::path::Path;
 
@@ -94,6 +102,54 @@ pub trait VectorIndex: Send + Sync {
             .map(|query| self.search(query, k, params))
             .collect()
     }
+    /// The `k` nearest to `query` among the stored vectors whose ids `allowed` holds (ids it
+    /// holds that are not stored are ignored), found by scoring every one of them: exact.
+    /// Best first, ties broken by ascending id.
+    fn search_among(&self, query: &[f32], k: usize, allowed: &AllowList) -> Result<Vec<Neighbor>> {
+        // Every index can answer this from its stored vectors; the built-in ones do it
+        // without copying each vector out.
+        require_dimension(self.dim())?;
+        let mut prepared = Vec::with_capacity(self.dim());
+        validate::prepare_query(self.dim(), self.metric(), query, &mut prepared)?;
+        if k == 0 || allowed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut top = TopK::new(self.metric(), k.min(allowed.len() as usize));
+        for id in allowed.ids() {
+            if let Some(stored) = self.vector(id) {
+                top.push(Neighbor {
+                    id,
+                    score: self.metric().score(&prepared, &stored),
+                });
+            }
+        }
+        Ok(top.into_sorted_vec())
+    }
+
+    /// The index's own search, returning only ids `allowed` holds: approximate, like
+    /// [`VectorIndex::search`], and it may come back with fewer than `min(k, allowed)`
+    /// (see [`filtered::search`], which then scans exactly). This default over-fetches by
+    /// the filter's selectivity and drops what the filter excludes.
+    fn search_filtered(
+        &self,
+        query: &[f32],
+        k: usize,
+        params: &SearchParams,
+        allowed: &AllowList,
+    ) -> Result<Vec<Neighbor>> {
+        let stored = self.len().max(1) as u64;
+        let wanted = (k as u64)
+            .saturating_mul(stored)
+            .div_ceil(allowed.len().max(1))
+            .saturating_mul(2)
+            .min(stored)
+            .max(k as u64) as usize;
+        let mut found = self.search(query, wanted, params)?;
+        found.retain(|neighbor| allowed.contains(neighbor.id));
+        found.truncate(k);
+        Ok(found)
+    }
+
     /// Writes the whole index under `dir` (created if missing), replacing an earlier save.
     /// The write is atomic: a crash leaves either the old or the new save readable.
     fn save(&self, dir: &Path) -> Result<()>;

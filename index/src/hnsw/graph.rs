@@ -181,11 +181,28 @@ impl HnswIndex {
         tie_salt: u64,
         scratch: &mut Scratch,
     ) {
+        let has_tombstones = self.tombstones > 0;
+        let is_live = |slot: u32| !(has_tombstones && self.deleted[slot as usize]);
+        self.search_layer_where(query, entry, ef, level, tie_salt, scratch, is_live);
+    }
+
+    /// [`HnswIndex::search_layer`] with the nodes that count as results chosen by
+    /// `is_live`: the others (tombstones, points a filter excludes) still route.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub(super) fn search_layer_where(
+        &self,
+        query: &[f32],
+        entry: Scored,
+        ef: usize,
+        level: usize,
+        tie_salt: u64,
+        scratch: &mut Scratch,
+        is_live: impl Fn(u32) -> bool,
+    ) {
         let Scratch { visited, beam, .. } = scratch;
         visited.reset(self.ids.len());
         beam.reset(ef, tie_salt);
-        let has_tombstones = self.tombstones > 0;
-        let is_live = |slot: u32| !(has_tombstones && self.deleted[slot as usize]);
 
         visited.insert(entry.slot);
         beam.insert(entry.distance, entry.slot, is_live(entry.slot));

@@ -58,6 +58,7 @@
 //! Loading checks every count, neighbour slot and layer against the rest of the file, so a
 //! damaged file is [`Error::Corrupt`] and never a panic in a later search.
 
+mod filtered;
 mod format;
 mod graph;
 mod scratch;
@@ -74,7 +75,7 @@ use std::{
 use crate::{
     spec::{HnswParams, MAX_EF, MAX_HNSW_M},
     validate::{prepare_batch, prepare_query, require_dimension},
-    Error, IndexSpec, Metric, Neighbor, Result, SearchParams, VectorIndex,
+    AllowList, Error, IndexSpec, Metric, Neighbor, Result, SearchParams, VectorIndex,
 };
 
 use scratch::Scratch;
@@ -352,15 +353,27 @@ impl VectorIndex for HnswIndex {
     }
 
     fn search(&self, query: &[f32], k: usize, params: &SearchParams) -> Result<Vec<Neighbor>> {
-        require_dimension(self.dim)?;
-        let mut scratch = self.take_scratch();
-        let mut prepared = std::mem::take(&mut scratch.query);
-        let result = self
-            .prepare_query(query, &mut prepared)
-            .map(|()| self.search_prepared(&prepared, k, params, &mut scratch));
-        scratch.query = prepared;
-        self.return_scratch(scratch);
-        result
+        self.with_prepared(query, |prepared, scratch| {
+            self.search_prepared(prepared, k, params, scratch)
+        })
+    }
+
+    fn search_among(&self, query: &[f32], k: usize, allowed: &AllowList) -> Result<Vec<Neighbor>> {
+        self.with_prepared(query, |prepared, _| {
+            self.search_among_prepared(prepared, k, allowed)
+        })
+    }
+
+    fn search_filtered(
+        &self,
+        query: &[f32],
+        k: usize,
+        params: &SearchParams,
+        allowed: &AllowList,
+    ) -> Result<Vec<Neighbor>> {
+        self.with_prepared(query, |prepared, scratch| {
+            self.search_filtered_prepared(prepared, k, params, allowed, scratch)
+        })
     }
 
     fn memory_bytes(&self) -> usize {
@@ -389,6 +402,34 @@ impl VectorIndex for HnswIndex {
 }
 
 impl HnswIndex {
+    /// Checks and normalises `query` into pooled scratch, then runs `search` on it.
+    fn with_prepared<T>(
+        &self,
+        query: &[f32],
+        search: impl FnOnce(&[f32], &mut Scratch) -> T,
+    ) -> Result<T> {
+        require_dimension(self.dim)?;
+        let mut scratch = self.take_scratch();
+        let mut prepared = std::mem::take(&mut scratch.query);
+        let result = self
+            .prepare_query(query, &mut prepared)
+            .map(|()| search(&prepared, &mut scratch));
+        scratch.query = prepared;
+        self.return_scratch(scratch);
+        result
+    }
+
+    /// The beam width of a search for `k`: the query's `ef_search`, else the index's, at
+    /// least `k`, at most every slot (so a huge `k` reserves nothing that cannot exist).
+    fn beam_width(&self, k: usize, params: &SearchParams) -> usize {
+        match params.ef_search {
+            0 => self.params.ef_search,
+            ef => ef as usize,
+        }
+        .max(k)
+        .min(self.ids.len())
+    }
+
     /// [`VectorIndex::search`] for a query already checked and normalised.
     fn search_prepared(
         &self,
@@ -403,19 +444,17 @@ impl HnswIndex {
         let Some(entry) = self.entry_point else {
             return Vec::new();
         };
-        let ef = match params.ef_search {
-            0 => self.params.ef_search,
-            ef => ef as usize,
-        }
-        .max(k)
-        // The beam never holds more than every slot; capping also keeps a huge `k` from
-        // reserving memory for entries that cannot exist.
-        .min(self.ids.len());
+        let ef = self.beam_width(k, params);
         let mut nearest = self.scored(query, entry);
         for level in (1..=self.max_level).rev() {
             nearest = self.greedy_closest(query, nearest, level);
         }
         self.search_layer(query, nearest, ef, 0, 0, scratch);
+        self.collect(k, scratch)
+    }
+
+    /// The best `k` live entries of the beam a layer-0 search left, as neighbours.
+    fn collect(&self, k: usize, scratch: &Scratch) -> Vec<Neighbor> {
         let lower_is_better = self.metric.lower_is_better();
         let mut found: Vec<Neighbor> = Vec::with_capacity(k.min(self.len()));
         let mut last_distance = f32::NAN;
