@@ -139,6 +139,46 @@ pub async fn get_collection(
     }
 }
 
+/// Changes one collection's record with `change`, guarded by the record's revision: read,
+/// change, write only if nobody wrote it meanwhile, else read again (a few times). `change`
+/// may refuse with an error, which is returned and writes nothing; `NotFound` if the
+/// collection is absent. Returns the record as written.
+pub async fn update_collection(
+    store: &dyn MetadataStore,
+    schema: &KeySchema,
+    name: &str,
+    mut change: impl FnMut(&mut CollectionRecord) -> Result<()>,
+) -> Result<CollectionRecord> {
+    validate_name("collection", name)?;
+    let key = schema.collection(name);
+    for _ in 0..UPDATE_ATTEMPTS {
+        let Some(stored) = store.get(&key).await? else {
+            return Err(Error::NotFound(format!("collection {name}")));
+        };
+        let mut record: CollectionRecord = decode(&key, &stored.value)?;
+        change(&mut record)?;
+        let written = store
+            .txn(
+                vec![Compare::ModRevision(key.clone(), stored.mod_revision)],
+                vec![Op::Put {
+                    key: key.clone(),
+                    value: encode(&record),
+                    lease: None,
+                }],
+            )
+            .await?;
+        if written {
+            return Ok(record);
+        }
+    }
+    Err(Error::Unavailable(format!(
+        "collection {name} kept changing while being updated; try again"
+    )))
+}
+
+/// Read-change-write rounds [`update_collection`] tries before giving up.
+const UPDATE_ATTEMPTS: usize = 8;
+
 /// Every collection's record, sorted by name. A malformed record fails the listing (this is
 /// an admin read; the cluster view skips such records instead).
 pub async fn list_collections(
@@ -169,6 +209,7 @@ mod tests {
             replication_factor,
             index_spec: "flat".to_string(),
             created_at: crate::model::now_rfc3339(),
+            payload_indexes: Vec::new(),
         }
     }
 

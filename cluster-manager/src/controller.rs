@@ -823,6 +823,7 @@ mod tests {
             replication_factor: 2,
             index_spec: "flat".to_string(),
             created_at: now_rfc3339(),
+            payload_indexes: Vec::new(),
         };
         let live: Vec<String> = searchers.iter().map(|id| id.to_string()).collect();
         let assignments =

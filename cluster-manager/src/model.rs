@@ -36,6 +36,9 @@ pub struct CollectionRecord {
     pub index_spec: String,
     /// RFC 3339.
     pub created_at: String,
+    /// Payload indexes, declared at creation or later, in the order they were declared.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub payload_indexes: Vec<quiver_payload::PayloadIndexSpec>,
 }
 
 /// `assignments/<collection>/<shard>`: the desired replica set of one shard; persistent.
@@ -272,6 +275,7 @@ mod tests {
             replication_factor: 2,
             index_spec: "flat".into(),
             created_at: "2024-05-01T10:00:00.000Z".into(),
+            payload_indexes: Vec::new(),
         };
         let text = String::from_utf8(encode(&collection)).unwrap();
         assert_eq!(

@@ -604,6 +604,7 @@ mod tests {
             replication_factor,
             index_spec: "flat".to_string(),
             created_at: "2024-05-01T10:00:00.000Z".to_string(),
+            payload_indexes: Vec::new(),
         }
     }
 

@@ -519,6 +519,7 @@ mod tests {
             replication_factor: 1,
             index_spec: "flat".into(),
             created_at: "2024-05-01T10:00:00.000Z".into(),
+            payload_indexes: Vec::new(),
         };
         store
             .put(&schema.collection("docs"), encode(&collection), None)

@@ -741,6 +741,7 @@ pub fn collection_config(
             num_shards: shards,
             replication_factor,
             index_spec: "flat".into(),
+            payload_indexes: Vec::new(),
         }),
     }
 }

@@ -109,6 +109,7 @@ async fn bad_input_gets_its_code_and_writes_nothing() {
                 num_shards: 1,
                 replication_factor: 1,
                 index_spec: String::new(),
+                payload_indexes: Vec::new(),
             }),
         },
     ));

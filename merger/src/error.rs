@@ -22,6 +22,9 @@ pub enum Error {
     Internal(String),
     #[error(transparent)]
     Cluster(#[from] quiver_cluster::Error),
+    /// A filter or payload index request that does not hold; names the path.
+    #[error(transparent)]
+    Filter(#[from] quiver_payload::FilterError),
     /// A Searcher's own answer, passed through when every replica of a shard gave it.
     #[error("{message}")]
     Searcher { code: Code, message: String },
@@ -41,6 +44,7 @@ impl Error {
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Internal(_) => Code::Internal,
             Error::Cluster(error) => cluster_code(error),
+            Error::Filter(_) => Code::InvalidArgument,
             Error::Searcher { code, .. } => *code,
         }
     }

@@ -201,6 +201,7 @@ impl Run {
             message,
             latency_us,
             attempts: progress.attempts,
+            plan: String::new(),
         });
     }
 
@@ -457,6 +458,15 @@ impl FanOut<'_> {
                             Code::Ok,
                             String::new(),
                         );
+                        let plan = response.plans.iter().find(|plan| plan.shard == *shard);
+                        if let (Some(plan), Some(report)) = (
+                            plan,
+                            run.shards
+                                .get_mut(shard)
+                                .and_then(|progress| progress.report.as_mut()),
+                        ) {
+                            report.plan = plan.plan.clone();
+                        }
                         won.push(*shard);
                     }
                 }
@@ -754,6 +764,7 @@ mod tests {
                 results: vec![QueryResult { neighbors }; request.queries.len()],
                 searched_shards: request.shards,
                 failed_shards: Vec::new(),
+                plans: Vec::new(),
             }))
         }
 
@@ -775,6 +786,20 @@ mod tests {
             &self,
             _: Request<ReplicaGetRequest>,
         ) -> Result<Response<ReplicaGetResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+
+        async fn count(
+            &self,
+            _: Request<quiver_proto::v1::ShardCountRequest>,
+        ) -> Result<Response<quiver_proto::v1::ShardCountResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+
+        async fn scroll(
+            &self,
+            _: Request<quiver_proto::v1::ShardScrollRequest>,
+        ) -> Result<Response<quiver_proto::v1::ShardScrollResponse>, Status> {
             Err(Status::unimplemented("fake"))
         }
 
@@ -863,6 +888,7 @@ mod tests {
                 replication_factor: layout[0].len() as u32,
                 index_spec: "flat".into(),
                 created_at: "t".into(),
+                payload_indexes: Vec::new(),
             };
             store
                 .put(&schema.collection("c"), encode(&collection), None)
@@ -922,6 +948,7 @@ mod tests {
                     with_payloads: false,
                     with_vectors: false,
                     params: None,
+                    filter: None,
                 },
                 deadline: Instant::now() + budget,
                 rotation: 0,

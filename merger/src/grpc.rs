@@ -4,11 +4,13 @@
 use std::{sync::Arc, time::Duration};
 
 use quiver_proto::v1::{
-    merger_server::Merger, ClusterStatusRequest, ClusterStatusResponse, CreateCollectionRequest,
-    CreateCollectionResponse, DeleteRequest, DeleteResponse, DescribeCollectionRequest,
-    DescribeCollectionResponse, DropCollectionRequest, DropCollectionResponse, GetRequest,
-    GetResponse, ListCollectionsRequest, ListCollectionsResponse, SearchRequest, SearchResponse,
-    UpsertRequest, UpsertResponse,
+    merger_server::Merger, ClusterStatusRequest, ClusterStatusResponse, CountRequest,
+    CountResponse, CreateCollectionRequest, CreateCollectionResponse, CreatePayloadIndexRequest,
+    CreatePayloadIndexResponse, DeleteRequest, DeleteResponse, DescribeCollectionRequest,
+    DescribeCollectionResponse, DropCollectionRequest, DropCollectionResponse,
+    DropPayloadIndexRequest, DropPayloadIndexResponse, GetRequest, GetResponse,
+    ListCollectionsRequest, ListCollectionsResponse, ScrollRequest, ScrollResponse, SearchRequest,
+    SearchResponse, UpsertRequest, UpsertResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -165,6 +167,68 @@ impl Merger for MergerGrpc {
         }
         .await;
         crate::metrics::REQUESTS.observe("search", started, result)
+    }
+
+    async fn count(
+        &self,
+        request: Request<CountRequest>,
+    ) -> Result<Response<CountResponse>, Status> {
+        let started = Instant::now();
+        let result = async move {
+            let timeout = client_timeout(&request);
+            Ok(Response::new(
+                self.service.count(request.into_inner(), timeout).await?,
+            ))
+        }
+        .await;
+        crate::metrics::REQUESTS.observe("count", started, result)
+    }
+
+    async fn scroll(
+        &self,
+        request: Request<ScrollRequest>,
+    ) -> Result<Response<ScrollResponse>, Status> {
+        let started = Instant::now();
+        let result = async move {
+            let timeout = client_timeout(&request);
+            Ok(Response::new(
+                self.service.scroll(request.into_inner(), timeout).await?,
+            ))
+        }
+        .await;
+        crate::metrics::REQUESTS.observe("scroll", started, result)
+    }
+
+    async fn create_payload_index(
+        &self,
+        request: Request<CreatePayloadIndexRequest>,
+    ) -> Result<Response<CreatePayloadIndexResponse>, Status> {
+        let started = Instant::now();
+        let result = async move {
+            Ok(Response::new(
+                self.service
+                    .create_payload_index(request.into_inner())
+                    .await?,
+            ))
+        }
+        .await;
+        crate::metrics::REQUESTS.observe("create_payload_index", started, result)
+    }
+
+    async fn drop_payload_index(
+        &self,
+        request: Request<DropPayloadIndexRequest>,
+    ) -> Result<Response<DropPayloadIndexResponse>, Status> {
+        let started = Instant::now();
+        let result = async move {
+            Ok(Response::new(
+                self.service
+                    .drop_payload_index(request.into_inner())
+                    .await?,
+            ))
+        }
+        .await;
+        crate::metrics::REQUESTS.observe("drop_payload_index", started, result)
     }
 
     async fn cluster_status(

@@ -26,6 +26,10 @@ pub const METHODS: &[&str] = &[
     "delete",
     "get",
     "search",
+    "count",
+    "scroll",
+    "create_payload_index",
+    "drop_payload_index",
     "cluster_status",
 ];
 

@@ -7,9 +7,11 @@ use std::{sync::Arc, sync::OnceLock, time::Duration};
 
 use async_trait::async_trait;
 use quiver_proto::v1::{
-    ClusterStatusResponse, CreateCollectionRequest, CreateCollectionResponse, DeleteRequest,
-    DeleteResponse, DescribeCollectionResponse, DropCollectionResponse, GetRequest, GetResponse,
-    ListCollectionsResponse, SearchRequest, SearchResponse, UpsertRequest, UpsertResponse,
+    ClusterStatusResponse, CountRequest, CountResponse, CreateCollectionRequest,
+    CreateCollectionResponse, CreatePayloadIndexRequest, CreatePayloadIndexResponse, DeleteRequest,
+    DeleteResponse, DescribeCollectionResponse, DropCollectionResponse, DropPayloadIndexRequest,
+    DropPayloadIndexResponse, GetRequest, GetResponse, ListCollectionsResponse, ScrollRequest,
+    ScrollResponse, SearchRequest, SearchResponse, UpsertRequest, UpsertResponse,
 };
 
 use crate::{
@@ -93,6 +95,36 @@ impl MergerService for StartingMerger {
         client_timeout: Option<Duration>,
     ) -> Result<SearchResponse> {
         self.merger()?.search(request, client_timeout).await
+    }
+
+    async fn count(
+        &self,
+        request: CountRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<CountResponse> {
+        self.merger()?.count(request, client_timeout).await
+    }
+
+    async fn scroll(
+        &self,
+        request: ScrollRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<ScrollResponse> {
+        self.merger()?.scroll(request, client_timeout).await
+    }
+
+    async fn create_payload_index(
+        &self,
+        request: CreatePayloadIndexRequest,
+    ) -> Result<CreatePayloadIndexResponse> {
+        self.merger()?.create_payload_index(request).await
+    }
+
+    async fn drop_payload_index(
+        &self,
+        request: DropPayloadIndexRequest,
+    ) -> Result<DropPayloadIndexResponse> {
+        self.merger()?.drop_payload_index(request).await
     }
 
     async fn cluster_status(&self) -> Result<ClusterStatusResponse> {

@@ -109,6 +109,34 @@ pub fn payload(text: &str) -> Result<Option<String>> {
     Ok(Some(value.to_string()))
 }
 
+/// A request's filter, parsed and checked against the limits and against the collection's
+/// declared payload indexes (a test that contradicts an index's type is refused); `None`
+/// when absent or empty. The error names the path in the filter.
+pub fn filter(
+    collection: &CollectionRecord,
+    filter: Option<&quiver_proto::v1::Filter>,
+) -> Result<Option<quiver_payload::Filter>> {
+    let Some(filter) = filter else {
+        return Ok(None);
+    };
+    let parsed = quiver_payload::proto::from_proto(filter)?;
+    parsed.validate(&quiver_payload::PayloadSchema::from_specs(
+        &collection.payload_indexes,
+    ))?;
+    Ok((!parsed.is_empty()).then_some(parsed))
+}
+
+/// A payload index key: a dotted path of non-empty steps, at most 256 bytes.
+pub fn payload_index_key(key: &str) -> Result<()> {
+    let probe = quiver_payload::Filter {
+        must: vec![quiver_payload::Condition::IsEmpty(key.to_string())],
+        ..Default::default()
+    };
+    probe
+        .validate(&quiver_payload::PayloadSchema::default())
+        .map_err(|error| Error::InvalidArgument(format!("key: {}", error.message)))
+}
+
 /// Checks the per-query index overrides against the same bounds index specs have.
 pub fn search_params(params: Option<&quiver_proto::v1::SearchParams>) -> Result<()> {
     let Some(params) = params else {
@@ -201,6 +229,7 @@ mod tests {
             replication_factor: 1,
             index_spec: "flat".into(),
             created_at: "2026-01-01T00:00:00Z".into(),
+            payload_indexes: Vec::new(),
         }
     }
 

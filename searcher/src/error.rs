@@ -14,6 +14,9 @@ pub enum Error {
     },
     #[error("{0}")]
     InvalidArgument(String),
+    /// A filter that does not parse or breaks a limit; names the path in the filter.
+    #[error(transparent)]
+    Filter(#[from] quiver_payload::FilterError),
     #[error(transparent)]
     Index(#[from] quiver_index::Error),
     #[error("replica storage at {path}: {source}")]
@@ -52,7 +55,7 @@ impl Error {
         match self {
             Error::ReplicaNotHosted { .. } => Code::NotFound,
             Error::ReplicaNotReady { .. } => Code::Unavailable,
-            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::InvalidArgument(_) | Error::Filter(_) => Code::InvalidArgument,
             Error::Index(error) => match error {
                 quiver_index::Error::DimensionMismatch { .. }
                 | quiver_index::Error::InvalidArgument(_)

@@ -22,8 +22,8 @@ use crate::{
     point::PointData,
     replication::PullOutcome,
     service::{
-        ExportedSnapshot, ReplicaReport, SearcherService, ShardSearch, ShardSearchOutcome,
-        ShardWrite, ShardWriteOutcome,
+        ExportedSnapshot, ReplicaReport, SearcherService, ShardScroll, ShardSearch,
+        ShardSearchOutcome, ShardWrite, ShardWriteOutcome,
     },
 };
 use quiver_proto::v1::PullLogRequest;
@@ -159,6 +159,19 @@ impl SearcherService for FaultInjecting {
             .await
     }
 
+    async fn count(
+        &self,
+        collection: &str,
+        shards: Vec<u32>,
+        filter: Option<quiver_payload::Filter>,
+    ) -> Vec<(u32, Result<u64>)> {
+        self.inner.count(collection, shards, filter).await
+    }
+
+    async fn scroll(&self, request: ShardScroll) -> Result<Vec<PointData>> {
+        self.inner.scroll(request).await
+    }
+
     async fn replica_status(&self, collection: Option<&str>) -> Vec<ReplicaReport> {
         self.inner.replica_status(collection).await
     }
@@ -237,13 +250,15 @@ mod tests {
                 results: vec![Vec::new(); request.queries.len()],
                 searched_shards: request.shards,
                 failed_shards: Vec::new(),
+                plans: Vec::new(),
             })
         }
         async fn write(&self, write: ShardWrite) -> Result<ShardWriteOutcome> {
             Ok(ShardWriteOutcome {
                 affected: match write.op {
-                    crate::wal::WalOp::Upsert(points) => points.len(),
-                    crate::wal::WalOp::Delete(ids) => ids.len(),
+                    crate::service::WriteOp::Upsert(points) => points.len(),
+                    crate::service::WriteOp::Delete(ids) => ids.len(),
+                    crate::service::WriteOp::DeleteMatching(_) => 0,
                 },
                 counters: crate::replica::ReplicaCounters {
                     point_count: 0,
@@ -273,6 +288,17 @@ mod tests {
         ) -> Result<Vec<PointData>> {
             Ok(Vec::new())
         }
+        async fn count(
+            &self,
+            _: &str,
+            shards: Vec<u32>,
+            _: Option<quiver_payload::Filter>,
+        ) -> Vec<(u32, Result<u64>)> {
+            shards.into_iter().map(|shard| (shard, Ok(0))).collect()
+        }
+        async fn scroll(&self, _: ShardScroll) -> Result<Vec<PointData>> {
+            Ok(Vec::new())
+        }
         async fn replica_status(&self, _: Option<&str>) -> Vec<ReplicaReport> {
             Vec::new()
         }
@@ -287,6 +313,7 @@ mod tests {
             params: Default::default(),
             with_vectors: false,
             with_payloads: false,
+            filter: None,
         }
     }
 
@@ -310,7 +337,7 @@ mod tests {
             epoch: 1,
             write_quorum: 1,
             deadline: None,
-            op: crate::wal::WalOp::Upsert(Vec::new()),
+            op: crate::service::WriteOp::Upsert(Vec::new()),
         };
         assert_eq!(failing.write(write).await.unwrap().affected, 0);
 

@@ -4,10 +4,12 @@ use std::sync::Arc;
 
 use quiver_cluster::ReplicaPhase;
 use quiver_index::SearchParams;
+use quiver_payload::{Filter, PayloadSchema};
 use quiver_proto::v1::{
     self, searcher_server::Searcher, HostedReplica, Point, QueryResult, ReplicaDeleteRequest,
     ReplicaGetRequest, ReplicaGetResponse, ReplicaStatusRequest, ReplicaStatusResponse,
-    ReplicaUpsertRequest, ReplicaWriteResponse, ScoredPoint, ShardFailure, ShardSearchRequest,
+    ReplicaUpsertRequest, ReplicaWriteResponse, ScoredPoint, ShardCount, ShardCountRequest,
+    ShardCountResponse, ShardFailure, ShardScrollRequest, ShardScrollResponse, ShardSearchRequest,
     ShardSearchResponse,
 };
 use tonic::{Request, Response, Status};
@@ -15,11 +17,17 @@ use tonic::{Request, Response, Status};
 use std::time::Instant;
 
 use crate::{
+    error::Error,
     point::PointData,
-    service::{ExportedSnapshot, SearcherService, ShardSearch, ShardWrite, ShardWriteOutcome},
-    wal::WalOp,
+    service::{
+        ExportedSnapshot, SearcherService, ShardScroll, ShardSearch, ShardWrite, ShardWriteOutcome,
+        WriteOp,
+    },
 };
 use quiver_cluster::ReplicaRole;
+
+/// Points one scroll call returns at most.
+const MAX_SCROLL_PAGE: u32 = 10_000;
 
 pub struct SearcherGrpc {
     service: Arc<dyn SearcherService>,
@@ -41,6 +49,34 @@ pub fn phase_to_proto(phase: ReplicaPhase) -> v1::ReplicaState {
         ReplicaPhase::Active => v1::ReplicaState::Active,
         ReplicaPhase::Draining => v1::ReplicaState::Draining,
         ReplicaPhase::Failed => v1::ReplicaState::Failed,
+    }
+}
+
+/// A request's filter, checked against the limits (the Merger checks it against the
+/// collection's payload indexes); `None` when absent or empty.
+fn filter_from_proto(filter: Option<&v1::Filter>) -> Result<Option<Filter>, Error> {
+    let Some(filter) = filter else {
+        return Ok(None);
+    };
+    let filter = quiver_payload::proto::from_proto(filter)?;
+    filter.validate(&PayloadSchema::default())?;
+    Ok((!filter.is_empty()).then_some(filter))
+}
+
+fn point_to_proto(point: PointData) -> Point {
+    Point {
+        id: point.id,
+        vector: point.vector,
+        payload_json: point.payload.unwrap_or_default(),
+    }
+}
+
+fn shard_failure(searcher_id: &str, shard: u32, error: &Error) -> ShardFailure {
+    ShardFailure {
+        shard,
+        searcher_id: searcher_id.to_string(),
+        code: quiver_proto::code_name(error.code()).to_string(),
+        message: error.to_string(),
     }
 }
 
@@ -255,6 +291,7 @@ impl Searcher for SearcherGrpc {
             let params = request.params.unwrap_or_default();
             let collection = request.collection.clone();
             let asked = request.shards.len();
+            let filter = filter_from_proto(request.filter.as_ref())?;
             let outcome = self
                 .service
                 .search(ShardSearch {
@@ -272,6 +309,7 @@ impl Searcher for SearcherGrpc {
                     },
                     with_vectors: request.with_vectors,
                     with_payloads: request.with_payloads,
+                    filter,
                 })
                 .await?;
             tracing::debug!(
@@ -301,12 +339,16 @@ impl Searcher for SearcherGrpc {
                 searched_shards: outcome.searched_shards,
                 failed_shards: outcome
                     .failed_shards
+                    .iter()
+                    .map(|(shard, error)| shard_failure(&self.searcher_id, *shard, error))
+                    .collect(),
+                plans: outcome
+                    .plans
                     .into_iter()
-                    .map(|(shard, error)| ShardFailure {
-                        shard,
-                        searcher_id: self.searcher_id.clone(),
-                        code: quiver_proto::code_name(error.code()).to_string(),
-                        message: error.to_string(),
+                    .map(|plan| v1::ShardPlan {
+                        shard: plan.shard,
+                        plan: plan.plan.as_str().to_string(),
+                        matches: plan.matches,
                     })
                     .collect(),
             }))
@@ -332,7 +374,7 @@ impl Searcher for SearcherGrpc {
                     epoch: request.epoch,
                     write_quorum: request.write_quorum,
                     deadline,
-                    op: WalOp::Upsert(points),
+                    op: WriteOp::Upsert(points),
                 })
                 .await?;
             Ok(Response::new(write_response(outcome)))
@@ -349,6 +391,16 @@ impl Searcher for SearcherGrpc {
         let result = async move {
             let deadline = deadline_of(&request);
             let request = request.into_inner();
+            let op = match filter_from_proto(request.filter.as_ref())? {
+                Some(_) if !request.ids.is_empty() => {
+                    return Err(Error::InvalidArgument(
+                        "give ids or a filter to delete, not both".into(),
+                    )
+                    .into())
+                }
+                Some(filter) => WriteOp::DeleteMatching(filter),
+                None => WriteOp::Delete(request.ids),
+            };
             let outcome = self
                 .service
                 .write(ShardWrite {
@@ -357,7 +409,7 @@ impl Searcher for SearcherGrpc {
                     epoch: request.epoch,
                     write_quorum: request.write_quorum,
                     deadline,
-                    op: WalOp::Delete(request.ids),
+                    op,
                 })
                 .await?;
             Ok(Response::new(write_response(outcome)))
@@ -384,18 +436,68 @@ impl Searcher for SearcherGrpc {
                 )
                 .await?;
             Ok(Response::new(ReplicaGetResponse {
-                points: points
-                    .into_iter()
-                    .map(|point| Point {
-                        id: point.id,
-                        vector: point.vector,
-                        payload_json: point.payload.unwrap_or_default(),
-                    })
-                    .collect(),
+                points: points.into_iter().map(point_to_proto).collect(),
             }))
         }
         .await;
         crate::metrics::REQUESTS.observe("get", started, result)
+    }
+
+    async fn count(
+        &self,
+        request: Request<ShardCountRequest>,
+    ) -> Result<Response<ShardCountResponse>, Status> {
+        let started = Instant::now();
+        let result = async move {
+            let request = request.into_inner();
+            let filter = filter_from_proto(request.filter.as_ref())?;
+            let counted = self
+                .service
+                .count(&request.collection, request.shards, filter)
+                .await;
+            let mut response = ShardCountResponse::default();
+            for (shard, count) in counted {
+                match count {
+                    Ok(count) => response.counts.push(ShardCount { shard, count }),
+                    Err(error) => {
+                        response
+                            .failed_shards
+                            .push(shard_failure(&self.searcher_id, shard, &error))
+                    }
+                }
+            }
+            Ok::<_, Status>(Response::new(response))
+        }
+        .await;
+        crate::metrics::REQUESTS.observe("count", started, result)
+    }
+
+    async fn scroll(
+        &self,
+        request: Request<ShardScrollRequest>,
+    ) -> Result<Response<ShardScrollResponse>, Status> {
+        let started = Instant::now();
+        let result = async move {
+            let request = request.into_inner();
+            let filter = filter_from_proto(request.filter.as_ref())?;
+            let points = self
+                .service
+                .scroll(ShardScroll {
+                    collection: request.collection,
+                    shard: request.shard,
+                    filter,
+                    after: request.after_id,
+                    limit: request.limit.clamp(1, MAX_SCROLL_PAGE) as usize,
+                    with_vectors: request.with_vectors,
+                    with_payloads: request.with_payloads,
+                })
+                .await?;
+            Ok(Response::new(ShardScrollResponse {
+                points: points.into_iter().map(point_to_proto).collect(),
+            }))
+        }
+        .await;
+        crate::metrics::REQUESTS.observe("scroll", started, result)
     }
 
     async fn replica_status(

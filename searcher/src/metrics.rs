@@ -15,7 +15,15 @@ use prometheus::{
 
 /// The method labels of [`REQUESTS`]: the gRPC adapter's names for the Searcher's methods
 /// the Merger calls.
-pub const METHODS: &[&str] = &["search", "upsert", "delete", "get", "replica_status"];
+pub const METHODS: &[&str] = &[
+    "search",
+    "upsert",
+    "delete",
+    "get",
+    "count",
+    "scroll",
+    "replica_status",
+];
 
 /// Internal requests: count and latency by method and code (writes include the log fsync
 /// and, on a primary, waiting for the write quorum).
@@ -100,6 +108,12 @@ pub fn register_all() {
     LazyLock::force(&WRITE_QUORUM_MISSED);
     for corrupt in ["true", "false"] {
         REPLICA_OPEN_FAILURES.with_label_values(&[corrupt]);
+    }
+    for plan in [
+        quiver_index::filtered::Plan::ExactScan,
+        quiver_index::filtered::Plan::Index,
+    ] {
+        FILTERED_SEARCHES.with_label_values(&[plan.as_str()]);
     }
 }
 
@@ -192,4 +206,17 @@ pub fn replica_open_failed(corrupt: bool) {
     REPLICA_OPEN_FAILURES
         .with_label_values(&[if corrupt { "true" } else { "false" }])
         .inc();
+}
+
+static FILTERED_SEARCHES: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    prometheus::register_int_counter_vec!(
+        "quiver_searcher_filtered_searches_total",
+        "Filtered queries searched on this Searcher, per shard, by plan: exact_scan (the matching points scored exactly) or index (the vector index skipping the rest).",
+        &["plan"]
+    )
+    .expect("metric registers once")
+});
+
+pub fn filtered_search(plan: quiver_index::filtered::Plan) {
+    FILTERED_SEARCHES.with_label_values(&[plan.as_str()]).inc();
 }

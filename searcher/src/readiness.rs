@@ -104,6 +104,7 @@ mod tests {
             replication_factor: 1,
             index_spec: "flat".into(),
             created_at: "2024-05-01T10:00:00.000Z".into(),
+            payload_indexes: Vec::new(),
         };
         listing.push((schema.collection("docs"), encode(&collection)));
         for shard in 0..3 {

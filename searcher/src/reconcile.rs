@@ -25,6 +25,7 @@ use quiver_cluster::{
     model::{decode, AssignmentRecord, CollectionRecord},
     ClusterState, ClusterView, KeySchema, MetadataStore, ReplicaPhase,
 };
+use quiver_payload::PayloadSchema;
 use tokio::sync::watch;
 
 use crate::{
@@ -171,6 +172,7 @@ impl Reconciler {
         }
 
         self.follow_roles(state);
+        self.build_payload_indexes(state).await;
         // A pass may change what a record says (a primary ready for writes in a new epoch,
         // say): have the publisher look.
         self.node.writes_applied().notify_one();
@@ -234,6 +236,34 @@ impl Reconciler {
                 }
             };
             self.tasks.insert(key, (kind, task));
+        }
+    }
+
+    /// Gives every open replica the payload indexes its collection declares, building the
+    /// missing ones from the stored payloads on the blocking pool. A replica without its
+    /// indexes yet still answers filters exactly (from payloads), so nothing waits for this.
+    async fn build_payload_indexes(&self, state: &ClusterState) {
+        for ((collection, shard), hosted) in self.node.hosted() {
+            let (Some(replica), Some(record)) =
+                (hosted.replica, state.collections.get(&collection))
+            else {
+                continue;
+            };
+            let declared = PayloadSchema::from_specs(&record.payload_indexes);
+            if replica.payload_schema() == declared {
+                continue;
+            }
+            let built =
+                tokio::task::spawn_blocking(move || replica.set_payload_schema(&declared)).await;
+            match built {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%collection, shard, %error, "could not build payload indexes")
+                }
+                Err(error) => {
+                    tracing::warn!(%collection, shard, %error, "payload index build task failed")
+                }
+            }
         }
     }
 

@@ -9,7 +9,8 @@ use std::{
 
 use async_trait::async_trait;
 use quiver_cluster::{ReplicaPhase, ReplicaRole};
-use quiver_index::{merge_top_k, Neighbor, SearchParams};
+use quiver_index::{filtered::Plan, merge_top_k, Neighbor, SearchParams};
+use quiver_payload::Filter;
 use quiver_proto::v1::PullLogRequest;
 use tokio::sync::{Notify, Semaphore};
 
@@ -18,7 +19,7 @@ use crate::{
     point::{Hit, PointData},
     replica::{Replica, ReplicaConfig, ReplicaCounters, SnapshotInfo},
     replication::{self, PullOutcome, ShardState},
-    wal::{WalOp, WalOptions},
+    wal::WalOptions,
 };
 
 /// A write for one shard, sent to its primary.
@@ -32,7 +33,16 @@ pub struct ShardWrite {
     pub write_quorum: u32,
     /// The caller's deadline; a server default applies without one.
     pub deadline: Option<std::time::Instant>,
-    pub op: WalOp,
+    pub op: WriteOp,
+}
+
+/// What a write does. The log holds upserts and deletes of ids only: a delete by filter is
+/// resolved by the primary into the ids it matched.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    Upsert(Vec<PointData>),
+    Delete(Vec<String>),
+    DeleteMatching(Filter),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +86,8 @@ pub struct ShardSearch {
     pub params: SearchParams,
     pub with_vectors: bool,
     pub with_payloads: bool,
+    /// Only points that match; `None` (or an empty filter) for all.
+    pub filter: Option<Filter>,
 }
 
 #[derive(Debug)]
@@ -84,6 +96,16 @@ pub struct ShardSearchOutcome {
     pub results: Vec<Vec<Hit>>,
     pub searched_shards: Vec<u32>,
     pub failed_shards: Vec<(u32, Error)>,
+    /// With a filter, per searched shard: how most of its queries ran, and how many of
+    /// its points matched.
+    pub plans: Vec<ShardPlan>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardPlan {
+    pub shard: u32,
+    pub plan: Plan,
+    pub matches: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -110,12 +132,35 @@ pub trait SearcherService: Send + Sync + 'static {
         with_vectors: bool,
         with_payloads: bool,
     ) -> Result<Vec<PointData>>;
+    /// Per shard named (each once), how many of its points `filter` matches, or why it
+    /// could not be counted here.
+    async fn count(
+        &self,
+        collection: &str,
+        shards: Vec<u32>,
+        filter: Option<Filter>,
+    ) -> Vec<(u32, Result<u64>)>;
+    /// Up to `limit` of one shard's points that `filter` matches, in id order after
+    /// `after` (see [`Replica::scroll`]).
+    async fn scroll(&self, request: ShardScroll) -> Result<Vec<PointData>>;
     async fn replica_status(&self, collection: Option<&str>) -> Vec<ReplicaReport>;
     /// Records after the asker's applied sequence number (see [`replication::serve_pull`]).
     async fn pull_log(&self, request: PullLogRequest) -> Result<PullOutcome>;
     /// Refuses older primaries from now on; answers (applied seq, its epoch).
     async fn fence(&self, collection: &str, shard: u32, epoch: u64) -> Result<(u64, u64)>;
     async fn export_snapshot(&self, collection: &str, shard: u32) -> Result<ExportedSnapshot>;
+}
+
+/// One page of one shard's matching points.
+#[derive(Debug, Clone)]
+pub struct ShardScroll {
+    pub collection: String,
+    pub shard: u32,
+    pub filter: Option<Filter>,
+    pub after: String,
+    pub limit: usize,
+    pub with_vectors: bool,
+    pub with_payloads: bool,
 }
 
 /// A replica slot: present from the moment the replica is assigned here until it is closed.
@@ -149,6 +194,8 @@ pub struct SearcherNode {
     /// Signalled after every applied write, so replica counters reach etcd promptly.
     writes_applied: Notify,
     wal_options: WalOptions,
+    /// Matching points up to which a filtered search scans exactly (0: by dimension).
+    filter_exact_threshold: u64,
 }
 
 impl SearcherNode {
@@ -171,7 +218,15 @@ impl SearcherNode {
             search_slots: Arc::new(Semaphore::new(cores)),
             writes_applied: Notify::new(),
             wal_options,
+            filter_exact_threshold: 0,
         }
+    }
+
+    /// Sets the matching points up to which a filtered search scans exactly instead of
+    /// searching the index (0: [`quiver_index::filtered::default_exact_threshold`]).
+    pub fn with_filter_exact_threshold(mut self, threshold: u64) -> SearcherNode {
+        self.filter_exact_threshold = threshold;
+        self
     }
 
     pub fn wal_options(&self) -> WalOptions {
@@ -412,23 +467,22 @@ impl SearcherService for SearcherNode {
                 results: vec![Vec::new(); request.queries.len()],
                 searched_shards: Vec::new(),
                 failed_shards,
+                plans: Vec::new(),
             });
         }
         let slot = Arc::clone(&self.search_slots)
             .acquire_owned()
             .await
             .map_err(|_| Error::Internal("search slots closed".into()))?;
-        let (results, searched_shards, mut search_failures) = blocking(move || {
+        let exact_threshold = self.filter_exact_threshold;
+        let mut outcome = blocking(move || {
             let _slot = slot;
-            Ok(search_replicas(&request, &replicas))
+            Ok(search_replicas(&request, &replicas, exact_threshold))
         })
         .await?;
-        failed_shards.append(&mut search_failures);
-        Ok(ShardSearchOutcome {
-            results,
-            searched_shards,
-            failed_shards,
-        })
+        outcome.failed_shards.append(&mut failed_shards);
+        outcome.failed_shards.sort_by_key(|(shard, _)| *shard);
+        Ok(outcome)
     }
 
     async fn write(&self, write: ShardWrite) -> Result<ShardWriteOutcome> {
@@ -448,8 +502,11 @@ impl SearcherService for SearcherNode {
         let shipping = Arc::clone(&state);
         let (record, affected, counters) = blocking(move || {
             let (record, affected, counters) = match write.op {
-                WalOp::Upsert(points) => target.upsert_as_primary(epoch, points)?,
-                WalOp::Delete(ids) => target.delete_as_primary(epoch, ids)?,
+                WriteOp::Upsert(points) => target.upsert_as_primary(epoch, points)?,
+                WriteOp::Delete(ids) => target.delete_as_primary(epoch, ids)?,
+                WriteOp::DeleteMatching(filter) => {
+                    target.delete_matching_as_primary(epoch, &filter)?
+                }
             };
             if let Some(record) = &record {
                 shipping.log.push(record.clone());
@@ -589,6 +646,55 @@ impl SearcherService for SearcherNode {
         .await
     }
 
+    async fn count(
+        &self,
+        collection: &str,
+        shards: Vec<u32>,
+        filter: Option<Filter>,
+    ) -> Vec<(u32, Result<u64>)> {
+        let mut replicas = Vec::new();
+        let mut counts = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for shard in shards {
+            if !seen.insert(shard) {
+                continue;
+            }
+            match self.active_replica(collection, shard) {
+                Ok(replica) => replicas.push((shard, replica)),
+                Err(error) => counts.push((shard, Err(error))),
+            }
+        }
+        if !replicas.is_empty() {
+            let counted = blocking(move || {
+                Ok(replicas
+                    .into_iter()
+                    .map(|(shard, replica)| (shard, replica.count(filter.as_ref())))
+                    .collect::<Vec<_>>())
+            })
+            .await;
+            match counted {
+                Ok(mut counted) => counts.append(&mut counted),
+                Err(error) => return vec![(u32::MAX, Err(error))],
+            }
+        }
+        counts.sort_by_key(|(shard, _)| *shard);
+        counts
+    }
+
+    async fn scroll(&self, request: ShardScroll) -> Result<Vec<PointData>> {
+        let replica = self.active_replica(&request.collection, request.shard)?;
+        blocking(move || {
+            replica.scroll(
+                request.filter.as_ref(),
+                &request.after,
+                request.limit,
+                request.with_vectors,
+                request.with_payloads,
+            )
+        })
+        .await
+    }
+
     async fn replica_status(&self, collection: Option<&str>) -> Vec<ReplicaReport> {
         let mut reports: Vec<ReplicaReport> = self
             .hosted()
@@ -643,18 +749,53 @@ fn list_files(dir: &Path, prefix: &str, out: &mut Vec<(String, u64)>) -> Result<
     Ok(())
 }
 
-type SearchParts = (Vec<Vec<Hit>>, Vec<u32>, Vec<(u32, Error)>);
-
-/// Searches each replica, merges per query, then fetches vectors and payloads for the
-/// winners only.
-fn search_replicas(request: &ShardSearch, replicas: &[(u32, Arc<Replica>)]) -> SearchParts {
+/// Searches each replica (among the points the filter matches, when there is one),
+/// merges per query, then fetches vectors and payloads for the winners only.
+fn search_replicas(
+    request: &ShardSearch,
+    replicas: &[(u32, Arc<Replica>)],
+    exact_threshold: u64,
+) -> ShardSearchOutcome {
     let flat_queries: Vec<f32> = request.queries.iter().flatten().copied().collect();
+    let filter = request.filter.as_ref().filter(|filter| !filter.is_empty());
     let mut per_replica = Vec::with_capacity(replicas.len());
     let mut searched = Vec::new();
     let mut failed = Vec::new();
+    let mut plans = Vec::new();
     for (shard, replica) in replicas {
         let started = std::time::Instant::now();
-        match replica.search(&flat_queries, request.k, &request.params) {
+        let searched_shard = match filter {
+            None => replica.search(&flat_queries, request.k, &request.params),
+            Some(filter) => replica
+                .search_filtered(
+                    &flat_queries,
+                    request.k,
+                    &request.params,
+                    filter,
+                    exact_threshold,
+                )
+                .map(|found| {
+                    for plan in &found.plans {
+                        crate::metrics::filtered_search(*plan);
+                    }
+                    let by_index = found
+                        .plans
+                        .iter()
+                        .filter(|plan| **plan == Plan::Index)
+                        .count();
+                    plans.push(ShardPlan {
+                        shard: *shard,
+                        plan: if by_index * 2 > found.plans.len() {
+                            Plan::Index
+                        } else {
+                            Plan::ExactScan
+                        },
+                        matches: found.matches,
+                    });
+                    found.results
+                }),
+        };
+        match searched_shard {
             Ok(results) => {
                 crate::metrics::shard_searched(&request.collection, *shard, started.elapsed());
                 searched.push(*shard);
@@ -663,7 +804,15 @@ fn search_replicas(request: &ShardSearch, replicas: &[(u32, Arc<Replica>)]) -> S
             Err(error) => failed.push((*shard, error)),
         }
     }
-    let metric = replicas[0].1.config().metric;
+    let Some((_, first)) = replicas.first() else {
+        return ShardSearchOutcome {
+            results: vec![Vec::new(); request.queries.len()],
+            searched_shards: searched,
+            failed_shards: failed,
+            plans,
+        };
+    };
+    let metric = first.config().metric;
     let mut merged = Vec::with_capacity(request.queries.len());
     for query_number in 0..request.queries.len() {
         let mut owner: HashMap<String, &Arc<Replica>> = HashMap::new();
@@ -704,7 +853,12 @@ fn search_replicas(request: &ShardSearch, replicas: &[(u32, Arc<Replica>)]) -> S
             .collect();
         merged.push(hits);
     }
-    (merged, searched, failed)
+    ShardSearchOutcome {
+        results: merged,
+        searched_shards: searched,
+        failed_shards: failed,
+        plans,
+    }
 }
 
 #[cfg(test)]
@@ -754,7 +908,7 @@ pub(crate) mod tests {
             epoch,
             write_quorum,
             deadline: Some(std::time::Instant::now() + std::time::Duration::from_secs(5)),
-            op: WalOp::Upsert(vec![PointData {
+            op: WriteOp::Upsert(vec![PointData {
                 id: id.into(),
                 vector: vec![1.0; 4],
                 payload: None,
@@ -868,6 +1022,7 @@ pub(crate) mod tests {
             params: SearchParams::default(),
             with_vectors: false,
             with_payloads: false,
+            filter: None,
         }
     }
 

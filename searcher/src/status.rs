@@ -333,7 +333,6 @@ mod tests {
     use crate::{
         point::PointData,
         service::{SearcherService, ShardWrite},
-        wal::WalOp,
     };
 
     /// A memory store whose next `failures` transactions fail, the way a put that times out
@@ -410,7 +409,7 @@ mod tests {
             epoch: 1,
             write_quorum: 1,
             deadline: Some(std::time::Instant::now() + Duration::from_secs(5)),
-            op: WalOp::Upsert(vec![PointData {
+            op: crate::service::WriteOp::Upsert(vec![PointData {
                 id: id.into(),
                 vector: vec![1.0; 4],
                 payload: None,
@@ -439,6 +438,7 @@ mod tests {
             replication_factor: 1,
             index_spec: "flat".into(),
             created_at: "t".into(),
+            payload_indexes: Vec::new(),
         };
         store
             .put(&schema.collection("c"), encode(&collection), None)

@@ -492,6 +492,7 @@ mod tests {
                 replication_factor: 2,
                 index_spec: "flat".to_string(),
                 created_at: "2024-05-01T10:00:01.000Z".to_string(),
+                payload_indexes: Vec::new(),
             },
         );
         let mut shard_0 = AssignmentRecord::new(vec!["s1".into(), "s2".into()]);

@@ -74,6 +74,7 @@ pub async fn run(
                         num_shards: create.shards,
                         replication_factor: create.replication_factor,
                         index_spec: create.index,
+                        payload_indexes: Vec::new(),
                     }),
                 })
                 .await

@@ -146,6 +146,7 @@ pub async fn delete(
             collection: args.collection.clone(),
             ids: ids.clone(),
             write_quorum: args.write_quorum,
+            filter: None,
         })
         .await
         .map_err(status_for(&args.collection))?

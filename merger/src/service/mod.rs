@@ -1,6 +1,15 @@
 //! The Merger service: what clients call. [`MergerService`] is the trait the gRPC adapter
 //! calls; [`Merger`] implements it over the watched cluster view and the Searchers.
+//!
+//! Filtered reads and payload indexes have a file each: [`count`], [`scroll`] and
+//! [`payload_indexes`]; [`shard_read`] is the one way a read reaches a shard.
 
+mod count;
+mod payload_indexes;
+mod scroll;
+mod shard_read;
+
+use shard_read::{read_shard, remaining, with_deadline};
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::{
@@ -23,10 +32,12 @@ use quiver_proto::{
     code_from_name, code_name,
     v1::{
         self, ClusterStatusResponse, CollectionConfig, CollectionDescription, CollectionHealth,
-        CreateCollectionRequest, CreateCollectionResponse, DeleteRequest, DeleteResponse,
-        DescribeCollectionResponse, DropCollectionResponse, GetRequest, GetResponse,
-        ListCollectionsResponse, Point, QueryResult, ReplicaDeleteRequest, ReplicaDescription,
-        ReplicaFailure, ReplicaGetRequest, ReplicaUpsertRequest, ReplicaWriteResponse, ScoredPoint,
+        CountRequest, CountResponse, CreateCollectionRequest, CreateCollectionResponse,
+        CreatePayloadIndexRequest, CreatePayloadIndexResponse, DeleteRequest, DeleteResponse,
+        DescribeCollectionResponse, DropCollectionResponse, DropPayloadIndexRequest,
+        DropPayloadIndexResponse, GetRequest, GetResponse, ListCollectionsResponse, Point,
+        QueryResult, ReplicaDeleteRequest, ReplicaDescription, ReplicaFailure, ReplicaGetRequest,
+        ReplicaUpsertRequest, ReplicaWriteResponse, ScoredPoint, ScrollRequest, ScrollResponse,
         SearchRequest, SearchResponse, SearcherDescription, ShardDescription, ShardFailure,
         ShardOutcome, ShardReport, ShardSearchRequest, ShardWrite, UpsertRequest, UpsertResponse,
     },
@@ -36,10 +47,10 @@ use tonic::{Code, Status};
 
 use crate::{
     clients::SearcherClients,
-    error::{retryable, Error, Result},
+    error::{Error, Result},
     fanout::{FanOut, FanOutOutcome, HedgeConfig, SearchAnswer},
     load::SearcherLoads,
-    metrics, routing, validate,
+    metrics, validate,
 };
 
 #[derive(Debug, Clone)]
@@ -140,6 +151,24 @@ pub trait MergerService: Send + Sync + 'static {
         request: SearchRequest,
         client_timeout: Option<Duration>,
     ) -> Result<SearchResponse>;
+    async fn count(
+        &self,
+        request: CountRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<CountResponse>;
+    async fn scroll(
+        &self,
+        request: ScrollRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<ScrollResponse>;
+    async fn create_payload_index(
+        &self,
+        request: CreatePayloadIndexRequest,
+    ) -> Result<CreatePayloadIndexResponse>;
+    async fn drop_payload_index(
+        &self,
+        request: DropPayloadIndexRequest,
+    ) -> Result<DropPayloadIndexResponse>;
     async fn cluster_status(&self) -> Result<ClusterStatusResponse>;
 }
 
@@ -166,6 +195,8 @@ impl Drop for Merger {
 enum ReplicaWrite {
     Upsert(Vec<Point>),
     Delete(Vec<String>),
+    /// Every point the (validated) filter matches; the primary resolves it.
+    DeleteMatching(v1::Filter),
 }
 
 /// What the primary of one shard did with a write.
@@ -203,6 +234,11 @@ impl Merger {
             config,
             pruner,
         }
+    }
+
+    /// The next tie-break between otherwise equal replicas.
+    fn next_rotation(&self) -> u64 {
+        self.rotation.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The per-Searcher load and latency the Merger tracks (for tests and diagnostics).
@@ -256,13 +292,19 @@ impl Merger {
                 quiver_cluster::request_id::attach(&mut request);
                 with_deadline(remaining, client.upsert(request)).await
             }
-            ReplicaWrite::Delete(ids) => {
+            ReplicaWrite::Delete(_) | ReplicaWrite::DeleteMatching(_) => {
+                let (ids, filter) = match write {
+                    ReplicaWrite::Delete(ids) => (ids.clone(), None),
+                    ReplicaWrite::DeleteMatching(filter) => (Vec::new(), Some(filter.clone())),
+                    ReplicaWrite::Upsert(_) => unreachable!("matched above"),
+                };
                 let mut request = tonic::Request::new(ReplicaDeleteRequest {
                     collection: collection.to_string(),
                     shard,
-                    ids: ids.clone(),
+                    ids,
                     epoch,
                     write_quorum,
+                    filter,
                 });
                 request.set_timeout(remaining);
                 quiver_cluster::request_id::attach(&mut request);
@@ -465,15 +507,6 @@ fn reply_margin(client_timeout: Duration) -> Duration {
     (client_timeout / 10).min(Duration::from_millis(10))
 }
 
-fn remaining(deadline: Instant) -> Result<Duration, Status> {
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    if remaining.is_zero() {
-        return Err(Status::deadline_exceeded("the request's deadline passed"));
-    }
-    Ok(remaining)
-}
-
-/// Bounds a call locally too: the server-side timeout does not cover connecting.
 fn write_reports(
     outcomes: impl Iterator<Item = ShardWriteOutcome>,
 ) -> (Vec<ReplicaFailure>, Vec<ShardWrite>) {
@@ -484,16 +517,6 @@ fn write_reports(
         shards.push(outcome.report);
     }
     (lagging, shards)
-}
-
-async fn with_deadline<T>(
-    budget: Duration,
-    call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
-) -> Result<T, Status> {
-    match tokio::time::timeout(budget, call).await {
-        Ok(result) => result.map(tonic::Response::into_inner),
-        Err(_) => Err(Status::deadline_exceeded("the request's deadline passed")),
-    }
 }
 
 fn metric_from_proto(metric: i32) -> Result<Metric> {
@@ -526,6 +549,7 @@ fn config_of(record: &CollectionRecord) -> CollectionConfig {
         num_shards: record.num_shards,
         replication_factor: record.replication_factor,
         index_spec: record.index_spec.clone(),
+        payload_indexes: payload_indexes::indexes_to_proto(&record.payload_indexes),
     }
 }
 
@@ -653,6 +677,7 @@ impl MergerService for Merger {
             replication_factor: config.replication_factor.max(1),
             index_spec: index_spec.to_string(),
             created_at: now_rfc3339(),
+            payload_indexes: payload_indexes::indexes_from_proto(&config.payload_indexes)?,
         };
         let state = self.view.current();
         let live: Vec<String> = state.searchers.keys().cloned().collect();
@@ -757,19 +782,36 @@ impl MergerService for Merger {
     ) -> Result<DeleteResponse> {
         let state = self.view.current();
         let collection = Self::collection(&state, &request.collection)?;
-        validate::ids(&request.ids)?;
+        let filter = validate::filter(&collection, request.filter.as_ref())?;
         let deadline = Self::deadline(self.config.write_timeout, 0, client_timeout);
-        let mut parts: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-        for id in request.ids {
-            parts
-                .entry(shard_of(&id, collection.num_shards))
-                .or_default()
-                .push(id);
-        }
-        let parts = parts
-            .into_iter()
-            .map(|(shard, ids)| (shard, ReplicaWrite::Delete(ids)))
-            .collect();
+        let parts: BTreeMap<u32, ReplicaWrite> = match filter {
+            Some(_) if !request.ids.is_empty() => {
+                return Err(Error::InvalidArgument(
+                    "give ids or a filter to delete, not both".into(),
+                ))
+            }
+            // Every shard's primary deletes what matches there.
+            Some(filter) => {
+                let filter = quiver_payload::proto::to_proto(&filter);
+                (0..collection.num_shards)
+                    .map(|shard| (shard, ReplicaWrite::DeleteMatching(filter.clone())))
+                    .collect()
+            }
+            None => {
+                validate::ids(&request.ids)?;
+                let mut parts: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+                for id in request.ids {
+                    parts
+                        .entry(shard_of(&id, collection.num_shards))
+                        .or_default()
+                        .push(id);
+                }
+                parts
+                    .into_iter()
+                    .map(|(shard, ids)| (shard, ReplicaWrite::Delete(ids)))
+                    .collect()
+            }
+        };
         let outcomes = self
             .write_to_shards(&collection, request.write_quorum, parts, deadline)
             .await?;
@@ -800,22 +842,20 @@ impl MergerService for Merger {
                 .push(id.clone());
         }
         let lookups = by_shard.into_iter().map(|(shard, ids)| {
-            let replicas = routing::read_order(&state, &collection.name, shard, rotation);
-            let collection_name = collection.name.clone();
+            let request = &request;
+            let state = &state;
+            let collection = &collection;
             async move {
-                let mut last_failure = ShardFailure {
+                read_shard(
+                    &self.clients,
+                    state,
+                    &collection.name,
                     shard,
-                    searcher_id: String::new(),
-                    code: code_name(Code::Unavailable).into(),
-                    message: "no ACTIVE replica on a live searcher".into(),
-                };
-                // Replicas are tried one after another: a read needs just one answer.
-                for (searcher_id, address) in replicas {
-                    let result = async {
-                        let budget = remaining(deadline)?;
-                        let mut client = self.clients.client(&address).map_err(Status::from)?;
+                    rotation,
+                    deadline,
+                    |mut client, budget| {
                         let mut call = tonic::Request::new(ReplicaGetRequest {
-                            collection: collection_name.clone(),
+                            collection: collection.name.clone(),
                             shard,
                             ids: ids.clone(),
                             with_vectors: request.with_vectors,
@@ -823,26 +863,14 @@ impl MergerService for Merger {
                         });
                         call.set_timeout(budget);
                         quiver_cluster::request_id::attach(&mut call);
-                        with_deadline(budget, client.get(call)).await
-                    }
-                    .await;
-                    match result {
-                        Ok(response) => return Ok(response.points),
-                        Err(status) => {
-                            let stop = !retryable(status.code());
-                            last_failure = ShardFailure {
-                                shard,
-                                searcher_id,
-                                code: code_name(status.code()).into(),
-                                message: status.message().to_string(),
-                            };
-                            if stop {
-                                break;
-                            }
+                        async move {
+                            with_deadline(budget, client.get(call))
+                                .await
+                                .map(|response| response.points)
                         }
-                    }
-                }
-                Err(last_failure)
+                    },
+                )
+                .await
             }
         });
         let outcomes = join_all(lookups).await;
@@ -859,6 +887,8 @@ impl MergerService for Merger {
         validate::search(&collection, &request.queries, request.k, &request.shards)?;
         validate::search_params(request.params.as_ref())?;
         let min_coverage = validate::min_coverage(request.min_coverage)?;
+        let filter = validate::filter(&collection, request.filter.as_ref())?
+            .map(|filter| quiver_payload::proto::to_proto(&filter));
         let deadline = Self::deadline(
             self.config.search_timeout,
             request.timeout_ms,
@@ -883,6 +913,7 @@ impl MergerService for Merger {
                 with_payloads: request.with_payloads,
                 with_vectors: request.with_vectors,
                 params: request.params,
+                filter,
             },
             deadline,
             rotation: self.rotation.fetch_add(1, Ordering::Relaxed),
@@ -939,6 +970,36 @@ impl MergerService for Merger {
             coverage: coverage.fraction,
             partial: coverage.partial,
         })
+    }
+
+    async fn count(
+        &self,
+        request: CountRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<CountResponse> {
+        self.count_points(request, client_timeout).await
+    }
+
+    async fn scroll(
+        &self,
+        request: ScrollRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<ScrollResponse> {
+        self.scroll_points(request, client_timeout).await
+    }
+
+    async fn create_payload_index(
+        &self,
+        request: CreatePayloadIndexRequest,
+    ) -> Result<CreatePayloadIndexResponse> {
+        self.add_payload_index(request).await
+    }
+
+    async fn drop_payload_index(
+        &self,
+        request: DropPayloadIndexRequest,
+    ) -> Result<DropPayloadIndexResponse> {
+        self.remove_payload_index(request).await
     }
 
     async fn cluster_status(&self) -> Result<ClusterStatusResponse> {
@@ -1409,6 +1470,7 @@ mod tests {
             },
             latency_us: 1,
             attempts: 1,
+            plan: String::new(),
         }
     }
 
@@ -1568,6 +1630,7 @@ mod tests {
             replication_factor: 1,
             index_spec: "flat".into(),
             created_at: now_rfc3339(),
+            payload_indexes: Vec::new(),
         };
         store
             .put(

@@ -12,10 +12,19 @@
 //! - `epochs.json`: the replica's epoch history (where each primary epoch began in the
 //!   log) and the highest epoch it was fenced at; see [`EpochHistory`].
 //!
+//! Payload indexes (`payload_index`) are kept in memory only: rebuilt from the stored
+//! payloads whenever the collection's declared indexes differ from what the replica holds,
+//! which includes every open ([`Replica::set_payload_schema`]). Filters never depend on
+//! them for their answers, only for their speed ([`query`]).
+//!
 //! Everything here is synchronous: the service runs it on the blocking pool.
 
+mod query;
+
+pub use query::FilteredSearch;
+
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fs,
     io::{self, Write},
     path::{Path, PathBuf},
@@ -29,6 +38,7 @@ use quiver_index::{
     build_index, load_index, validate_vector, IndexSpec, Metric, Neighbor, SearchParams,
     VectorIndex,
 };
+use quiver_payload::{PayloadIndex, RoaringTreemap};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -74,8 +84,11 @@ struct StoredPoint {
 /// The in-memory state, guarded by one RwLock: searches share it, writes apply under it.
 struct ReplicaData {
     index: Box<dyn VectorIndex>,
-    internal_by_id: HashMap<String, u64>,
+    /// Ordered by id: a scroll pages through a shard in id order.
+    internal_by_id: BTreeMap<String, u64>,
     points: HashMap<u64, StoredPoint>,
+    /// Every live internal id, for filters to resolve against.
+    live: RoaringTreemap,
     next_internal: u64,
     applied_seq: u64,
     /// The epoch of the record `applied_seq`.
@@ -131,6 +144,10 @@ pub struct Replica {
     config: ReplicaConfig,
     dir: PathBuf,
     data: RwLock<ReplicaData>,
+    /// The declared payload indexes over `data`'s points. Locked after `data` wherever both
+    /// are held: a write updates it under both write locks; a rebuild reads `data` and
+    /// swaps this, so searches go on while one runs.
+    payload_index: RwLock<PayloadIndex>,
     /// Serialises writers: a record is appended and applied under this lock, so the log
     /// order is the apply order. Searches never take it.
     wal: Mutex<WalState>,
@@ -166,8 +183,9 @@ impl Replica {
         } else {
             ReplicaData {
                 index: build_index(&index_spec, config.dimension, config.metric)?,
-                internal_by_id: HashMap::new(),
+                internal_by_id: BTreeMap::new(),
                 points: HashMap::new(),
+                live: RoaringTreemap::new(),
                 next_internal: 0,
                 applied_seq: 0,
                 last_epoch: 0,
@@ -192,11 +210,13 @@ impl Replica {
         // in it is acknowledged.
         sync_dir(dir)?;
         let mut replayed = 0usize;
+        // No payload index is declared yet: the first `set_payload_schema` builds them.
+        let mut unindexed = PayloadIndex::default();
         for record in records {
             if record.seq <= data.applied_seq {
                 continue;
             }
-            data.apply(record.seq, record.epoch, record.op)?;
+            data.apply(record.seq, record.epoch, record.op, &mut unindexed)?;
             replayed += 1;
         }
         tracing::info!(
@@ -214,6 +234,7 @@ impl Replica {
             config,
             dir: dir.to_path_buf(),
             data: RwLock::new(data),
+            payload_index: RwLock::new(PayloadIndex::default()),
             wal: Mutex::new(WalState {
                 wal,
                 last_seq,
@@ -458,6 +479,16 @@ impl Replica {
     /// counted at apply time.
     fn write(&self, epoch: u64, op: WalOp) -> Result<(Option<WalRecord>, usize, ReplicaCounters)> {
         let mut wal_state = self.lock_wal()?;
+        self.write_locked(&mut wal_state, epoch, op)
+    }
+
+    /// [`Replica::write`] with the log lock already held.
+    fn write_locked(
+        &self,
+        wal_state: &mut MutexGuard<'_, WalState>,
+        epoch: u64,
+        op: WalOp,
+    ) -> Result<(Option<WalRecord>, usize, ReplicaCounters)> {
         let fenced = self
             .epochs
             .lock()
@@ -475,8 +506,8 @@ impl Replica {
             op,
         };
         let shipped = record.clone();
-        let affected = self.log_and_apply(&mut wal_state, record)?;
-        self.checkpoint_if_large(&mut wal_state);
+        let affected = self.log_and_apply(wal_state, record)?;
+        self.checkpoint_if_large(wal_state);
         Ok((Some(shipped), affected, self.counters()))
     }
 
@@ -491,7 +522,9 @@ impl Replica {
         wal_state.last_seq = record.seq;
         wal_state.last_epoch = record.epoch;
         let mut data = self.write_data()?;
-        let affected = data.apply(record.seq, record.epoch, record.op)?;
+        let mut payload_index = self.write_payload_index()?;
+        let affected = data.apply(record.seq, record.epoch, record.op, &mut payload_index)?;
+        drop(payload_index);
         self.point_count
             .store(data.points.len() as u64, Ordering::Release);
         self.applied_seq.store(data.applied_seq, Ordering::Release);
@@ -645,11 +678,30 @@ impl Replica {
             .write()
             .map_err(|_| Error::Internal("replica data lock poisoned".into()))
     }
+
+    fn read_payload_index(&self) -> Result<RwLockReadGuard<'_, PayloadIndex>> {
+        self.payload_index
+            .read()
+            .map_err(|_| Error::Internal("replica payload index lock poisoned".into()))
+    }
+
+    fn write_payload_index(&self) -> Result<RwLockWriteGuard<'_, PayloadIndex>> {
+        self.payload_index
+            .write()
+            .map_err(|_| Error::Internal("replica payload index lock poisoned".into()))
+    }
 }
 
 impl ReplicaData {
-    /// Applies one log record and returns how many points it affected.
-    fn apply(&mut self, seq: u64, epoch: u64, op: WalOp) -> Result<usize> {
+    /// Applies one log record, payload indexes included, and returns how many points it
+    /// affected.
+    fn apply(
+        &mut self,
+        seq: u64,
+        epoch: u64,
+        op: WalOp,
+        payload_index: &mut PayloadIndex,
+    ) -> Result<usize> {
         debug_assert!(seq > self.applied_seq, "log records apply in order");
         let affected = match op {
             WalOp::Upsert(points) => {
@@ -668,6 +720,13 @@ impl ReplicaData {
                     };
                     internals.push(internal);
                     vectors.extend_from_slice(&point.vector);
+                    if !payload_index.is_empty() {
+                        if let Some(old) = self.points.get(&internal) {
+                            payload_index.remove(internal, old.payload.as_deref());
+                        }
+                        payload_index.insert(internal, point.payload.as_deref());
+                    }
+                    self.live.insert(internal);
                     self.points.insert(
                         internal,
                         StoredPoint {
@@ -685,7 +744,10 @@ impl ReplicaData {
                     .filter_map(|id| self.internal_by_id.remove(id))
                     .collect();
                 for internal in &internals {
-                    self.points.remove(internal);
+                    if let Some(old) = self.points.remove(internal) {
+                        payload_index.remove(*internal, old.payload.as_deref());
+                    }
+                    self.live.remove(*internal);
                 }
                 self.index.remove(&internals)?;
                 internals.len()
@@ -786,7 +848,7 @@ fn load_snapshot(
     };
     let next_internal = cursor.u64().ok_or_else(|| corrupt("truncated"))?;
     let count = cursor.u64().ok_or_else(|| corrupt("truncated"))?;
-    let mut internal_by_id = HashMap::new();
+    let mut internal_by_id = BTreeMap::new();
     let mut points = HashMap::new();
     for _ in 0..count {
         let internal = cursor.u64().ok_or_else(|| corrupt("truncated"))?;
@@ -806,10 +868,12 @@ fn load_snapshot(
     if points.len() != index.len() {
         return Err(corrupt("point count differs from the index"));
     }
+    let live = points.keys().copied().collect();
     Ok(ReplicaData {
         index,
         internal_by_id,
         points,
+        live,
         next_internal,
         applied_seq,
         last_epoch,
