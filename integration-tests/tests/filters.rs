@@ -593,3 +593,104 @@ async fn bad_filters_and_index_requests_are_invalid_arguments_and_change_nothing
         .get("payload_indexes")
         .is_none());
 }
+
+/// With the exact threshold set to 1 the Searchers search their HNSW graphs under the
+/// filter: every shard reports the index plan, results are only matching points, never
+/// fewer than min(k, matches), and close to brute force; a handful of ids is still scanned
+/// exactly; the Searchers count the plans they ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_plan_searches_the_graph_under_the_filter() {
+    let flags = ["--filter-exact-threshold", "1"];
+    let options = quiver_integration_tests::ClusterOptions::new(2, 4)
+        .searcher_args(0, &flags)
+        .searcher_args(1, &flags);
+    let cluster = Cluster::start_with(options).await;
+    let mut client = cluster.client().await;
+    let mut config = collection_config("graph", DIMENSION as u32, v1::Metric::L2, 2, 1);
+    config.config.as_mut().unwrap().index_spec =
+        "hnsw m=16 ef_construction=100 ef_search=64".into();
+    config.config.as_mut().unwrap().payload_indexes = declared_indexes();
+    client.create_collection(config).await.expect("create");
+    let base = dataset::synthetic(ROWS, DIMENSION, 44);
+    let queries = dataset::synthetic(20, DIMENSION, 45);
+    load(&mut client, "graph", &base).await;
+    let live: BTreeSet<usize> = (0..ROWS).collect();
+    let wide = [
+        (
+            "two of three langs",
+            r#"{"must": [{"key": "lang", "any": {"keywords": ["en", "de"]}}]}"#,
+        ),
+        (
+            "one tenant",
+            r#"{"must": [{"key": "tenant", "match": {"integer": 3}}]}"#,
+        ),
+        (
+            "recent and cheap",
+            r#"{"must": [{"key": "year", "range": {"gte": 2005}}, {"key": "price", "range": {"lt": 60}}]}"#,
+        ),
+    ];
+    for (name, text) in wide {
+        let filter = json::parse(text).unwrap();
+        let expected = matching(&filter, &live);
+        let (mut hits, mut total) = (0, 0);
+        for query in queries.rows() {
+            let response = client
+                .search(SearchRequest {
+                    filter: Some(proto(&filter)),
+                    ..search_request("graph", query, K as u32)
+                })
+                .await
+                .expect("search")
+                .into_inner();
+            for report in &response.shards {
+                assert_eq!(report.plan, "index", "{name}: {report:?}");
+            }
+            let found = id_scores(&response.results[0]);
+            assert_eq!(found.len(), K.min(expected.len()), "{name}");
+            assert!(
+                found
+                    .iter()
+                    .all(|(id, _)| expected.contains(&id.parse().unwrap())),
+                "{name}: a result the filter excludes"
+            );
+            let truth = brute_force(Metric::L2, &base, query, K, |row| expected.contains(&row));
+            total += truth.len();
+            hits += found
+                .iter()
+                .filter(|(id, _)| truth.iter().any(|(truth_id, _)| truth_id == id))
+                .count();
+        }
+        let recall = hits as f64 / total as f64;
+        println!(
+            "{name}: {} matches, recall@10 {recall:.3} through the graph",
+            expected.len()
+        );
+        assert!(recall >= 0.9, "{name}: recall@10 {recall}");
+    }
+    let few = json::parse(r#"{"must": [{"has_id": ["1", "2", "3"]}]}"#).unwrap();
+    let response = client
+        .search(SearchRequest {
+            filter: Some(proto(&few)),
+            ..search_request("graph", base.row(1), K as u32)
+        })
+        .await
+        .expect("search")
+        .into_inner();
+    assert_eq!(response.results[0].neighbors.len(), 3);
+    assert!(response
+        .shards
+        .iter()
+        .all(|report| report.plan == "exact_scan"));
+    let by_index: f64 = cluster
+        .searchers
+        .iter()
+        .map(|searcher| {
+            quiver_integration_tests::metric_value(
+                &searcher.address,
+                "quiver_searcher_filtered_searches_total{plan=\"index\"}",
+            )
+        })
+        .sum();
+    // Three filters x 20 queries, on both shards.
+    assert_eq!(by_index, 120.0);
+}

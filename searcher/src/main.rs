@@ -51,6 +51,12 @@ struct Args {
     /// when a replica moves away), so Mergers stop routing to them first.
     #[arg(long, env = "QUIVER_DRAIN_GRACE_MS", default_value_t = 1000)]
     drain_grace_ms: u64,
+    /// Matching points up to which a filtered search scores them exactly instead of
+    /// searching the vector index; 0 picks by dimension (4096 up to 128 dimensions, less
+    /// above, at least 1024). Filters passing under 1% of a shard are scanned exactly up to
+    /// 256 times this.
+    #[arg(long, env = "QUIVER_FILTER_EXACT_THRESHOLD", default_value_t = 0)]
+    filter_exact_threshold: u64,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "QUIVER_LOG_JSON")]
     log_json: bool,
@@ -99,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
             segment_bytes: args.wal_segment_mib.max(1) << 20,
         },
         drain_grace: Duration::from_millis(args.drain_grace_ms),
+        filter_exact_threshold: args.filter_exact_threshold,
     };
     run(
         config,

@@ -50,6 +50,10 @@ pub struct SearcherConfig {
     /// How long replicas stay DRAINING (still answering) before they close, so Mergers stop
     /// routing to them first: on a graceful stop and when a replica moves away.
     pub drain_grace: Duration,
+    /// Matching points up to which a filtered search scans them exactly rather than
+    /// searching the vector index; 0 picks by dimension
+    /// ([`quiver_index::filtered::default_exact_threshold`]).
+    pub filter_exact_threshold: u64,
 }
 
 /// Serves until `shutdown` completes, then stops gracefully: announces every replica
@@ -84,11 +88,10 @@ pub async fn run(
         Arc::new(EtcdStore::connect(&config.etcd_endpoints, config.etcd_timeout).await?);
     let schema = KeySchema::new(&config.etcd_prefix);
     let view = ClusterView::start(Arc::clone(&store), schema.clone()).await?;
-    let node = Arc::new(SearcherNode::with_wal_options(
-        searcher_id.clone(),
-        config.data_dir.clone(),
-        config.wal,
-    ));
+    let node = Arc::new(
+        SearcherNode::with_wal_options(searcher_id.clone(), config.data_dir.clone(), config.wal)
+            .with_filter_exact_threshold(config.filter_exact_threshold),
+    );
 
     crate::metrics::register_all();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
