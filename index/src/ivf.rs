@@ -197,16 +197,50 @@ pub(crate) fn probe_count(spec_nprobe: usize, params: &SearchParams, nlist: usiz
     requested.clamp(1, nlist.max(1))
 }
 
-/// The lists a filtered search scans at least: `nprobe / sqrt(share)`, at most `nlist`.
+/// When a filtered list scan may stop: after `nprobe / sqrt(share)` lists (at most
+/// `nlist`), once `k` allowed vectors are in hand and as many allowed vectors have been
+/// scanned as those lists hold when the filter is spread evenly over the lists.
 ///
 /// The k nearest allowed vectors rank about k/share among all of them, so they spread over
 /// more cells than the k nearest do; scaling the probes this way keeps filtered recall near
 /// the unfiltered one (1% allowed on siftsmall, nlist 64, nprobe 16: recall@10 0.90 with
 /// `nprobe` lists, 0.99 with the scaled count) while scoring fewer vectors than an
-/// unfiltered search, since only the allowed ones are scored.
-pub(crate) fn filtered_probe_count(nprobe: usize, share: f64, nlist: usize) -> usize {
-    let scaled = (nprobe as f64 / share.clamp(1e-9, 1.0).sqrt()).ceil();
-    (scaled as usize).clamp(nprobe, nlist.max(1))
+/// unfiltered search, since only the allowed ones are scored. A filter correlated with the
+/// vectors leaves the closest lists nearly empty of allowed vectors; counting the allowed
+/// ones scanned keeps the probe going to where they are (one Fashion-MNIST class, 10% of
+/// the points, nlist 256, nprobe 16: recall@10 0.91 on the list count alone, 1.00 with the
+/// count of allowed vectors).
+pub(crate) struct FilteredProbe {
+    lists: usize,
+    allowed: usize,
+    found: usize,
+}
+
+impl FilteredProbe {
+    /// For `wanted` results among `allowed` of `len` vectors in `nlist` lists, probing
+    /// `nprobe` lists unfiltered.
+    pub(crate) fn new(
+        nprobe: usize,
+        allowed: usize,
+        len: usize,
+        nlist: usize,
+        wanted: usize,
+    ) -> FilteredProbe {
+        let nlist = nlist.max(1);
+        let share = (allowed as f64 / len.max(1) as f64).clamp(1e-9, 1.0);
+        let lists = ((nprobe as f64 / share.sqrt()).ceil() as usize).clamp(nprobe, nlist);
+        FilteredProbe {
+            lists,
+            allowed: (lists as f64 * allowed as f64 / nlist as f64).ceil() as usize,
+            found: wanted,
+        }
+    }
+
+    /// Whether the scan may stop after `probed` lists that held `scanned` allowed vectors,
+    /// with `found` results in hand.
+    pub(crate) fn done(&self, probed: usize, scanned: usize, found: usize) -> bool {
+        probed >= self.lists && found >= self.found && scanned >= self.allowed
+    }
 }
 
 /// Whether an index holding `len` vectors should (re)train now.
@@ -252,7 +286,7 @@ pub(crate) fn scan_exact(
 }
 
 /// [`scan_exact`] of the rows whose id `keep` accepts (a filter's allow-list); the others
-/// are not scored.
+/// are not scored. Returns how many were accepted.
 pub(crate) fn scan_exact_where(
     metric: Metric,
     ids: &[u64],
@@ -261,13 +295,15 @@ pub(crate) fn scan_exact_where(
     query: &[f32],
     top: &mut TopK,
     keep: impl Fn(u64) -> bool,
-) {
+) -> usize {
     let lower_is_better = metric.lower_is_better();
     let mut worst = top.worst_score();
+    let mut kept = 0;
     for (&id, stored) in ids.iter().zip(vectors.chunks_exact(dim)) {
         if !keep(id) {
             continue;
         }
+        kept += 1;
         let score = metric.score(query, stored);
         // Once `top` is full most rows lose to its worst; skip them without touching the
         // heap. A tie still goes in, to be decided by id.
@@ -284,6 +320,7 @@ pub(crate) fn scan_exact_where(
         top.push(Neighbor { id, score });
         worst = top.worst_score();
     }
+    kept
 }
 
 /// The exact `k` nearest among `allowed`, each allowed id looked up in `slots` and its
@@ -591,8 +628,8 @@ impl VectorIndex for IvfFlatIndex {
     }
 
     /// Scans the probed lists skipping what the filter excludes, and goes on to the next
-    /// closest lists until `k` allowed vectors are in hand (all lists, at worst: that is
-    /// the exact scan of the allowed vectors).
+    /// closest lists until [`FilteredProbe`] is satisfied (all lists, at worst: that is the
+    /// exact scan of the allowed vectors).
     fn search_filtered(
         &self,
         query: &[f32],
@@ -608,7 +645,7 @@ impl VectorIndex for IvfFlatIndex {
         let wanted = k.min(self.len()).min(allowed.len() as usize);
         let mut top = TopK::new(self.metric, wanted);
         let keep = |id: u64| allowed.contains(id);
-        let scan = |list: &FlatList, top: &mut TopK| {
+        let scan = |list: &FlatList, top: &mut TopK| -> usize {
             scan_exact_where(
                 self.metric,
                 &list.ids,
@@ -620,18 +657,25 @@ impl VectorIndex for IvfFlatIndex {
             )
         };
         match &self.coarse {
-            None => self.lists.iter().for_each(|list| scan(list, &mut top)),
+            None => {
+                for list in &self.lists {
+                    scan(list, &mut top);
+                }
+            }
             Some(coarse) => {
-                let nprobe = filtered_probe_count(
+                let budget = FilteredProbe::new(
                     probe_count(self.params.nprobe, params, coarse.nlist()),
-                    allowed.len() as f64 / self.len() as f64,
+                    allowed.len() as usize,
+                    self.len(),
                     coarse.nlist(),
+                    wanted,
                 );
+                let mut scanned = 0;
                 for (probed, cell) in coarse.probe(&prepared, coarse.nlist()).iter().enumerate() {
-                    if probed >= nprobe && top.len() >= wanted {
+                    if budget.done(probed, scanned, top.len()) {
                         break;
                     }
-                    scan(&self.lists[cell.id as usize], &mut top);
+                    scanned += scan(&self.lists[cell.id as usize], &mut top);
                 }
             }
         }

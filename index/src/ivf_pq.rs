@@ -75,8 +75,8 @@ use std::{
 use crate::{
     dot,
     ivf::{
-        check_capacity, filtered_probe_count, index_ids, probe_count, scan_exact, scan_exact_where,
-        search_among_slots, slots_memory, training_due, CoarseQuantizer, Slot, MIN_POINTS_PER_CELL,
+        check_capacity, index_ids, probe_count, scan_exact, scan_exact_where, search_among_slots,
+        slots_memory, training_due, CoarseQuantizer, FilteredProbe, Slot, MIN_POINTS_PER_CELL,
     },
     kmeans::{self, SplitMix64},
     persist::{Reader, Writer},
@@ -485,15 +485,17 @@ impl IvfPqIndex {
                     query,
                     &mut top,
                 ),
-                Some(allowed) => scan_exact_where(
-                    self.metric,
-                    &list.ids,
-                    &list.vectors,
-                    self.dim,
-                    query,
-                    &mut top,
-                    |id| allowed.contains(id),
-                ),
+                Some(allowed) => {
+                    scan_exact_where(
+                        self.metric,
+                        &list.ids,
+                        &list.vectors,
+                        self.dim,
+                        query,
+                        &mut top,
+                        |id| allowed.contains(id),
+                    );
+                }
             }
         }
         top.into_sorted_vec()
@@ -515,14 +517,7 @@ impl IvfPqIndex {
             pq,
             precomputed,
         } = quantizers;
-        let mut nprobe = probe_count(self.params.nprobe, params, coarse.nlist());
-        if let Some(allowed) = allowed {
-            nprobe = filtered_probe_count(
-                nprobe,
-                allowed.len() as f64 / self.len().max(1) as f64,
-                coarse.nlist(),
-            );
-        }
+        let nprobe = probe_count(self.params.nprobe, params, coarse.nlist());
         let kept = match self.params.rerank {
             0 => k,
             rerank => k.saturating_mul(rerank),
@@ -532,6 +527,15 @@ impl IvfPqIndex {
         if kept == 0 {
             return Vec::new();
         }
+        let budget = allowed.map(|allowed| {
+            FilteredProbe::new(
+                nprobe,
+                allowed.len() as usize,
+                self.len(),
+                coarse.nlist(),
+                kept,
+            )
+        });
         let mut candidates = Candidates::new(kept);
         let sign = if self.metric.lower_is_better() {
             1.0
@@ -551,8 +555,13 @@ impl IvfPqIndex {
             None => coarse.probe(query, nprobe),
             Some(_) => coarse.probe(query, coarse.nlist()),
         };
+        let mut scanned = 0;
         for (position, cell) in probed.into_iter().enumerate() {
-            if position >= nprobe && candidates.heap.len() >= kept {
+            let done = match &budget {
+                None => position >= nprobe,
+                Some(budget) => budget.done(position, scanned, candidates.heap.len()),
+            };
+            if done {
                 break;
             }
             let list_index = cell.id as usize;
@@ -579,7 +588,7 @@ impl IvfPqIndex {
                 }
                 (Metric::InnerProduct | Metric::Cosine, _) => (&query_table, cell.score),
             };
-            scan_codes(
+            scanned += scan_codes(
                 list,
                 list_index as u32,
                 pq.m(),
@@ -686,7 +695,8 @@ impl IvfPqIndex {
 }
 
 /// Scores every code of `list` (those `allowed` holds, when given) and offers it to
-/// `candidates`; `sign` turns scores into keys (1 for L2, −1 for inner products).
+/// `candidates`; `sign` turns scores into keys (1 for L2, −1 for inner products). Returns
+/// how many codes were scored.
 #[inline]
 #[allow(clippy::too_many_arguments)]
 fn scan_codes(
@@ -698,12 +708,14 @@ fn scan_codes(
     sign: f32,
     candidates: &mut Candidates,
     allowed: Option<&AllowList>,
-) {
+) -> usize {
     let mut threshold = candidates.threshold();
+    let mut kept = 0;
     for (row, (&id, code)) in list.ids.iter().zip(list.codes.chunks_exact(m)).enumerate() {
         if allowed.is_some_and(|allowed| !allowed.contains(id)) {
             continue;
         }
+        kept += 1;
         let score = base + table.score(code);
         // Most codes lose to the current worst; reject them before touching the heap. A
         // tie still goes to the heap, which breaks it by id.
@@ -713,6 +725,7 @@ fn scan_codes(
         candidates.push(sign, score, id, list_index, row as u32);
         threshold = candidates.threshold();
     }
+    kept
 }
 
 /// All ids and vectors of `lists`, borrowed when there is one list (the untrained case).
