@@ -5,9 +5,11 @@
 //! nothing here depends on when a payload index was declared.
 //!
 //! - At least half the points allowed: the ordinary layer-0 search, with the excluded
-//!   points routing like tombstones do (scored and expanded, never returned). Half or more
-//!   of what the beam holds is a result, so it costs at most about twice an unfiltered
-//!   search.
+//!   points routing like tombstones do (scored and expanded, never returned), and a beam
+//!   of `ef × share` allowed points: with the excluded ones between them it holds about
+//!   `ef` in all, so it costs about what an unfiltered search does (Fashion-MNIST at 50%,
+//!   `ef` 64: recall@10 0.997 at 4,700 QPS; a beam of `ef` allowed points gave 0.999 at
+//!   2,900).
 //! - Fewer allowed: excluded points would crowd the beam, so they are neither scored nor
 //!   held. Expanding a node scores its allowed neighbours, and for each excluded neighbour
 //!   the allowed neighbours of that one (two hops, ACORN-1 style, Patel et al. 2024), up to
@@ -98,7 +100,8 @@ impl HnswIndex {
             |slot: u32| !self.deleted[slot as usize] && allowed.contains(self.ids[slot as usize]);
         let share = allowed.len() as f64 / self.slot_of_id.len() as f64;
         if share >= TWO_HOP_BELOW {
-            self.search_layer_where(query, nearest, ef, 0, 0, scratch, is_allowed);
+            let live = ((ef as f64 * share).ceil() as usize).max(k.min(ef));
+            self.search_layer_where(query, nearest, live, 0, 0, scratch, is_allowed);
         } else {
             let mut starts = std::mem::take(&mut scratch.found);
             starts.clear();
