@@ -354,6 +354,11 @@ return {
     ticks: group.querySelectorAll("line").length,
   })),
   ring_shards: document.querySelectorAll("svg#ring g.ring-shard").length,
+  payload_indexes: Object.fromEntries([...document.querySelectorAll("#collections .collection")].map((collection) => {
+    const indexes = collection.querySelector(".collection-head .payload-indexes");
+    return [collection.getAttribute("data-collection"),
+      indexes ? [indexes.getAttribute("data-payload-indexes"), text(indexes)] : null];
+  })),
   rebalance_shown: !document.getElementById("rebalance-body").hidden,
   rebalance_trigger: text(document.getElementById("rebalance-trigger")),
   rebalance_fraction: text(document.getElementById("rebalance-fraction")),
@@ -429,16 +434,20 @@ async fn the_status_page_renders_the_cluster_live_in_headless_chromium() {
     let mut cluster = Cluster::start(3, 4).await;
     let mut client = cluster.client().await;
     let (shards, replication_factor) = (6, 2);
-    client
-        .create_collection(collection_config(
-            "docs",
-            16,
-            v1::Metric::L2,
-            shards,
-            replication_factor,
-        ))
-        .await
-        .expect("create");
+    let mut create = collection_config("docs", 16, v1::Metric::L2, shards, replication_factor);
+    if let Some(config) = create.config.as_mut() {
+        config.payload_indexes = vec![
+            v1::PayloadIndex {
+                key: "row".into(),
+                r#type: v1::PayloadIndexType::Integer as i32,
+            },
+            v1::PayloadIndex {
+                key: "meta.lang".into(),
+                r#type: v1::PayloadIndexType::Keyword as i32,
+            },
+        ];
+    }
+    client.create_collection(create).await.expect("create");
     upsert_rows(&mut client, "docs", &dataset::synthetic(600, 16, 7), 200).await;
 
     // The JSON endpoint and the redirect, plainly over HTTP/1.
@@ -462,6 +471,20 @@ async fn the_status_page_renders_the_cluster_live_in_headless_chromium() {
     .await;
     let page = browser.execute(READ_PAGE);
     assert_eq!(page["ring_shards"], 6, "{page}");
+    // The collection's header lists its payload indexes, as declared.
+    assert_eq!(
+        page["payload_indexes"]["docs"],
+        json!([
+            "row:integer,meta.lang:keyword",
+            "payload indexes: row (integer), meta.lang (keyword)"
+        ]),
+        "{page}"
+    );
+    assert_eq!(
+        snapshot["collections"][0]["payload_indexes"],
+        json!([{"key": "row", "type": "integer"}, {"key": "meta.lang", "type": "keyword"}]),
+        "{snapshot}"
+    );
 
     // Change the cluster under the open page: a fourth Searcher makes the controller
     // rebalance.

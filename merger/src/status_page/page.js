@@ -232,11 +232,18 @@
           el("span", { class: "detail" }, number(replica.points) + " pts · seq " + replica.applied_seq + " · epoch " + replica.epoch),
           replica.error ? el("span", { class: "error" }, replica.error) : null);
         }) : [el("span", { class: "muted" }, "not assigned yet")])))));
+      // Payload indexes, as "category (keyword), price (float)"; left out when none.
+      const indexes = collection.payload_indexes || [];
+      const payloadIndexes = indexes.length ? el("span", {
+        class: "payload-indexes",
+        "data-payload-indexes": indexes.map((index) => index.key + ":" + index.type).join(","),
+      }, "payload indexes: " + indexes.map((index) => index.key + " (" + index.type + ")").join(", ")) : null;
       return el("div", { class: "collection", "data-collection": collection.name },
         el("div", { class: "collection-head" },
           el("span", { class: "name" }, collection.name),
           el("span", { class: "facts-inline" },
-            "dim " + collection.dimension + " · " + collection.metric + " · " + collection.index_spec + " · " +
+            "dim " + collection.dimension + " · " + collection.metric + " · " + collection.index_spec + " · ",
+            payloadIndexes, payloadIndexes ? " · " : null,
             collection.num_shards + " shards × RF " + collection.replication_factor + " · " +
             number(collection.vectors) + " vectors · replicas per Searcher: max " +
             collection.max_replicas_per_searcher + ", mean " + collection.mean_replicas_per_searcher)),

@@ -12,6 +12,7 @@ use quiver_cluster::{
     placement::{replica_load, shard_position, HashRing},
     ClusterState, LeaderRecord, RebalanceRecord, ReplicaPhase, ReplicaRole,
 };
+use quiver_payload::PayloadIndexSpec;
 use serde::Serialize;
 
 /// The controller's records as last read from etcd (the cluster view does not watch them).
@@ -88,6 +89,8 @@ pub struct CollectionStatus {
     pub dimension: u32,
     pub metric: quiver_index::Metric,
     pub index_spec: String,
+    /// The declared payload indexes, `[{"key", "type"}]` in declaration order.
+    pub payload_indexes: Vec<PayloadIndexSpec>,
     pub num_shards: u32,
     pub replication_factor: u32,
     pub created_at: String,
@@ -222,6 +225,7 @@ pub fn build_snapshot(
                 dimension: record.dimension,
                 metric: record.metric,
                 index_spec: record.index_spec.clone(),
+                payload_indexes: record.payload_indexes.clone(),
                 num_shards: record.num_shards,
                 replication_factor: record.replication_factor,
                 created_at: record.created_at.clone(),
@@ -492,7 +496,16 @@ mod tests {
                 replication_factor: 2,
                 index_spec: "flat".to_string(),
                 created_at: "2024-05-01T10:00:01.000Z".to_string(),
-                payload_indexes: Vec::new(),
+                payload_indexes: vec![
+                    PayloadIndexSpec {
+                        key: "category".to_string(),
+                        kind: quiver_payload::PayloadIndexType::Keyword,
+                    },
+                    PayloadIndexSpec {
+                        key: "meta.price".to_string(),
+                        kind: quiver_payload::PayloadIndexType::Float,
+                    },
+                ],
             },
         );
         let mut shard_0 = AssignmentRecord::new(vec!["s1".into(), "s2".into()]);
@@ -729,6 +742,16 @@ mod tests {
       "dimension": 4,
       "metric": "l2",
       "index_spec": "flat",
+      "payload_indexes": [
+        {
+          "key": "category",
+          "type": "keyword"
+        },
+        {
+          "key": "meta.price",
+          "type": "float"
+        }
+      ],
       "num_shards": 2,
       "replication_factor": 2,
       "created_at": "2024-05-01T10:00:01.000Z",
