@@ -1,15 +1,18 @@
 //! The real `quiverctl` binary against a real cluster: collections, loads from .fvecs, .npy
 //! and .jsonl, searches checked against brute force, get and delete, in table and JSON
-//! output, and the errors people meet (with their exit codes, messages and hints).
+//! output, and the errors people meet (with their exit codes, messages and hints); filtered
+//! search, count, scroll (JSON Lines to a file) and delete by filter, and payload indexes.
 
 use std::{
+    collections::BTreeSet,
     path::{Path, PathBuf},
     process::Output,
 };
 
 use quiver_index::{dataset, Metric};
-use quiver_integration_tests::{shared_data, Cluster};
-use serde_json::Value;
+use quiver_integration_tests::{shared_data, upsert_points, Cluster};
+use quiver_proto::v1::Point;
+use serde_json::{json as value, Value};
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -668,5 +671,472 @@ async fn loads_siftsmall_from_fvecs_and_reports_recall() {
     assert!(
         text.ends_with("recall@10 against the ground truth: 1.000\n"),
         "{text}"
+    );
+}
+
+/// The payload of row `row` of the "shop" collection: a category (rows divisible by 10 have
+/// none), a price and a stock flag.
+fn shop_payload(row: usize) -> Value {
+    let category = ["shoes", "hats", "bags"][row % 3];
+    let mut payload = value!({
+        "category": category,
+        "price": row as f64 * 2.5,
+        "in_stock": row % 2 == 0,
+    });
+    if row % 10 == 0 {
+        payload.as_object_mut().unwrap().remove("category");
+    }
+    payload
+}
+
+fn shop_vector(row: usize) -> Vec<f32> {
+    vec![row as f32, (row % 7) as f32, 1.0, -(row as f32) / 4.0]
+}
+
+fn ids_of(values: &[Value]) -> Vec<String> {
+    values
+        .iter()
+        .map(|item| {
+            item["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no id: {item}"))
+                .to_string()
+        })
+        .collect()
+}
+
+fn declared_indexes(cluster: &Cluster, collection: &str) -> Value {
+    json(cluster, &["collections", "describe", collection])["payload_indexes"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_count_scroll_delete_and_payload_indexes() {
+    let cluster = Cluster::start(2, 10).await;
+    let folder = tempfile::tempdir().expect("temp dir");
+
+    // A collection created with a payload index lists it, in both outputs.
+    let created = ok(
+        &cluster,
+        &[
+            "collections",
+            "create",
+            "shop",
+            "--dimension",
+            "4",
+            "--shards",
+            "3",
+            "--payload-index",
+            "category:keyword",
+        ],
+    );
+    assert!(
+        created.contains("\npayload indexes: category (keyword)\n"),
+        "{created}"
+    );
+    assert_eq!(
+        declared_indexes(&cluster, "shop"),
+        value!([{"key": "category", "type": "keyword"}])
+    );
+    let listed = json(&cluster, &["collections", "list"]);
+    assert_eq!(
+        listed["collections"][0]["payload_indexes"],
+        value!([{"key": "category", "type": "keyword"}]),
+        "{listed}"
+    );
+    let table = ok(&cluster, &["collections", "list"]);
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .unwrap()
+            .ends_with("  category:keyword"),
+        "{table}"
+    );
+
+    const ROWS: usize = 90;
+    let mut client = cluster.client().await;
+    let points = (0..ROWS)
+        .map(|row| Point {
+            id: format!("p{row}"),
+            vector: shop_vector(row),
+            payload_json: shop_payload(row).to_string(),
+        })
+        .collect();
+    upsert_points(&mut client, "shop", points).await;
+
+    // Cheap shoes: the filter and the exact set of ids it matches.
+    let filter = r#"{"must": [{"key": "category", "match": {"keyword": "shoes"}}, {"key": "price", "range": {"lt": 150}}]}"#;
+    let matching: BTreeSet<String> = (0..ROWS)
+        .filter(|row| {
+            let payload = shop_payload(*row);
+            payload["category"] == "shoes" && payload["price"].as_f64().unwrap() < 150.0
+        })
+        .map(|row| format!("p{row}"))
+        .collect();
+    assert!(
+        matching.len() > 10 && matching.len() < ROWS / 3,
+        "{matching:?}"
+    );
+
+    // search --filter: only matching ids; with k above the matches, exactly them (flat is
+    // exact). JSON reports each shard's plan.
+    let found = json(
+        &cluster,
+        &[
+            "search", "shop", "--vector", "1,2,3,4", "-k", "100", "--filter", filter,
+        ],
+    );
+    let results = ids_of(found["results"].as_array().expect("results"));
+    assert_eq!(results.len(), matching.len(), "{found}");
+    assert_eq!(
+        results.iter().cloned().collect::<BTreeSet<_>>(),
+        matching,
+        "{found}"
+    );
+    assert_eq!(
+        found["filter"]["must"][0]["match"]["keyword"], "shoes",
+        "{found}"
+    );
+    let reports = found["shards"].as_array().expect("shard reports");
+    assert_eq!(reports.len(), 3, "{found}");
+    for report in reports {
+        assert_eq!(report["outcome"], "OK", "{found}");
+        assert!(
+            ["exact_scan", "index"].contains(&report["plan"].as_str().unwrap_or("")),
+            "{found}"
+        );
+    }
+    let found = json(
+        &cluster,
+        &["search", "shop", "--vector", "1,2,3,4", "-k", "3"],
+    );
+    assert!(
+        found["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|report| report["plan"].is_null()),
+        "no plan without a filter: {found}"
+    );
+    // The table: matching ids only, and one line of plans summing to the shards.
+    let text = ok(
+        &cluster,
+        &[
+            "search", "shop", "--vector", "1,2,3,4", "-k", "5", "--filter", filter,
+        ],
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 9, "{text}");
+    for line in &lines[2..7] {
+        let id = line.split_whitespace().nth(1).unwrap();
+        assert!(matching.contains(id), "{id} does not match: {text}");
+    }
+    assert_eq!(lines[7], "coverage 1.00: 3 of 3 shards answered", "{text}");
+    let plans = lines[8]
+        .strip_prefix("plans: ")
+        .unwrap_or_else(|| panic!("{text}"));
+    let shards: u32 = plans
+        .split(", ")
+        .map(|part| {
+            let (plan, count) = part.split_once(' ').expect("plan count");
+            assert!(["exact_scan", "index"].contains(&plan), "{text}");
+            count.parse::<u32>().expect("count")
+        })
+        .sum();
+    assert_eq!(shards, 3, "{text}");
+    // The batch mode takes the filter too.
+    let queries = folder.path().join("queries.jsonl");
+    std::fs::write(
+        &queries,
+        "{\"id\": 0, \"vector\": [1, 2, 3, 4]}\n{\"id\": 1, \"vector\": [40, 0, 1, -9]}\n",
+    )
+    .unwrap();
+    let report = json(
+        &cluster,
+        &[
+            "search",
+            "shop",
+            "--queries",
+            path_str(&queries),
+            "-k",
+            "4",
+            "--filter",
+            filter,
+        ],
+    );
+    assert_eq!(report["queries"], 2, "{report}");
+    let plans = report["plans"].as_object().expect("plans");
+    assert_eq!(
+        plans
+            .values()
+            .map(|count| count.as_u64().unwrap())
+            .sum::<u64>(),
+        3,
+        "one request of three shards: {report}"
+    );
+
+    // count: exact, with the filter inline or from a file, and without one.
+    let counted = json(&cluster, &["count", "shop", "--filter", filter]);
+    assert_eq!(counted["collection"], "shop");
+    assert_eq!(counted["count"], matching.len(), "{counted}");
+    let filter_file = folder.path().join("filter.json");
+    std::fs::write(&filter_file, filter).unwrap();
+    let from_file = format!("@{}", filter_file.display());
+    assert_eq!(
+        ok(&cluster, &["count", "shop", "--filter", &from_file]),
+        format!("{} points of shop match the filter\n", matching.len())
+    );
+    assert_eq!(
+        ok(&cluster, &["count", "shop"]),
+        format!("{ROWS} points in shop\n")
+    );
+
+    // scroll --output jsonl --out FILE, in pages of 4: every matching point exactly once,
+    // with its vector and payload; stdout stays empty, the summary is on stderr.
+    let out = folder.path().join("cheap-shoes.jsonl");
+    let output = cluster.quiverctl(&[
+        "--output",
+        "jsonl",
+        "scroll",
+        "shop",
+        "--filter",
+        filter,
+        "--limit",
+        "4",
+        "--with-vectors",
+        "--with-payloads",
+        "--out",
+        path_str(&out),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "");
+    assert!(
+        stderr(&output).starts_with(&format!(
+            "wrote {} points of shop to {} in ",
+            matching.len(),
+            out.display()
+        )),
+        "{}",
+        stderr(&output)
+    );
+    let text = std::fs::read_to_string(&out).expect("the scroll's file");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}")))
+        .collect();
+    let ids = ids_of(&lines);
+    assert_eq!(ids.len(), matching.len(), "{text}");
+    assert_eq!(
+        ids.iter().cloned().collect::<BTreeSet<_>>(),
+        matching,
+        "{text}"
+    );
+    for line in &lines {
+        let row: usize = line["id"].as_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(line["payload"], shop_payload(row), "{line}");
+        assert_eq!(floats(&line["vector"]), shop_vector(row), "{line}");
+    }
+    // To stdout, ids only (neither flag), one object per line.
+    let output = cluster.quiverctl(&["-o", "jsonl", "scroll", "shop", "--filter", filter]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lines: Vec<Value> = stdout(&output)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), matching.len());
+    assert!(
+        lines
+            .iter()
+            .all(|line| line.as_object().unwrap().len() == 1),
+        "{lines:?}"
+    );
+    assert!(
+        stderr(&output).starts_with(&format!(
+            "wrote {} points of shop to stdout",
+            matching.len()
+        )),
+        "{}",
+        stderr(&output)
+    );
+    // Small results as one JSON document, or a table of ids and payloads.
+    let scrolled = json(
+        &cluster,
+        &["scroll", "shop", "--filter", filter, "--with-payloads"],
+    );
+    assert_eq!(scrolled["count"], matching.len(), "{scrolled}");
+    let points = scrolled["points"].as_array().expect("points");
+    assert_eq!(ids_of(points), ids, "the same order as the file");
+    assert!(points
+        .iter()
+        .all(|point| point["payload"]["category"] == "shoes"));
+    let table = ok(
+        &cluster,
+        &["scroll", "shop", "--filter", filter, "--limit", "7"],
+    );
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), matching.len() + 2, "{table}");
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["id", "payload"]
+    );
+    assert!(lines[1].contains(r#""category":"shoes""#), "{table}");
+    assert_eq!(
+        *lines.last().unwrap(),
+        format!("{} points of shop match the filter", matching.len())
+    );
+    let (_, err) = fails(&cluster, &["scroll", "shop", "--out", path_str(&out)], 2);
+    assert!(err.contains("--output jsonl"), "{err}");
+    let (_, err) = fails(&cluster, &["-o", "jsonl", "count", "shop"], 2);
+    assert!(
+        err.starts_with("error: --output jsonl is for `quiverctl scroll` only\n"),
+        "{err}"
+    );
+
+    // A bad filter is a usage error naming the path, told before any call (here to a
+    // Merger that is not there), with the JSON form as the hint.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://127.0.0.1:{}", free.local_addr().unwrap().port());
+    drop(free);
+    let bad = r#"{"must": [{"key": "price", "range": {}}]}"#;
+    for command in [
+        vec!["count", "shop", "--filter", bad],
+        vec!["search", "shop", "--vector", "1,2,3,4", "--filter", bad],
+        vec!["scroll", "shop", "--filter", bad],
+        vec!["delete", "shop", "--filter", bad],
+    ] {
+        let mut args = vec!["--merger", nowhere.as_str()];
+        args.extend(command);
+        let (out, err) = fails(&cluster, &args, 2);
+        assert_eq!(out, "");
+        assert!(
+            err.starts_with(
+                "error: invalid --filter: filter.must[0].range: give at least one of gt, gte, lt, lte\n\
+                 hint: a filter is JSON like {\"must\": [{\"key\": \"category\", \"match\": {\"keyword\": \"shoes\"}}"
+            ),
+            "{args:?}: {err}"
+        );
+    }
+    let (out, _) = fails(
+        &cluster,
+        &[
+            "--output",
+            "json",
+            "count",
+            "shop",
+            "--filter",
+            "{\"must\": [{\"key\": \"a\"}]}",
+        ],
+        2,
+    );
+    let error: Value = serde_json::from_str(&out).expect("one JSON error document");
+    assert_eq!(error["error"]["code"], "USAGE");
+    assert_eq!(
+        error["error"]["message"],
+        "invalid --filter: filter.must[0]: a field condition needs one of match, any, range"
+    );
+    // A test that contradicts a declared index is the Merger's to refuse, naming the path.
+    let error = json_error(
+        &cluster,
+        &[
+            "count",
+            "shop",
+            "--filter",
+            r#"{"must": [{"key": "category", "range": {"gt": 1}}]}"#,
+        ],
+    );
+    assert_eq!(error["code"], "INVALID_ARGUMENT", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("filter.must[0].range: "),
+        "{error}"
+    );
+
+    // delete takes ids or a filter: both, or neither, is a usage error.
+    let (_, err) = fails(&cluster, &["delete", "shop", "p1", "--filter", filter], 2);
+    assert!(err.contains("cannot be used with"), "{err}");
+    let (_, err) = fails(&cluster, &["delete", "shop"], 2);
+    assert!(err.contains("<IDS|--filter <JSON|@FILE>>"), "{err}");
+    let (_, err) = fails(&cluster, &["delete", "shop", "--filter", "{}"], 2);
+    assert!(
+        err.starts_with("error: the filter is empty, so it matches every point\n"),
+        "{err}"
+    );
+    // delete --filter removes exactly the matching points.
+    let deleted = json(&cluster, &["delete", "shop", "--filter", filter]);
+    assert_eq!(deleted["deleted"], matching.len(), "{deleted}");
+    assert_eq!(
+        deleted["filter"]["must"][1]["range"]["lt"], 150.0,
+        "{deleted}"
+    );
+    assert_eq!(
+        json(&cluster, &["count", "shop", "--filter", filter])["count"],
+        0
+    );
+    assert_eq!(
+        json(&cluster, &["count", "shop"])["count"],
+        ROWS - matching.len()
+    );
+    let text = ok(&cluster, &["delete", "shop", "--filter", &from_file]);
+    assert!(
+        text.starts_with("deleted 0 points matching the filter from shop\n"),
+        "{text}"
+    );
+
+    // payload-index create and drop change what describe lists.
+    let text = ok(
+        &cluster,
+        &["payload-index", "create", "shop", "price", "float"],
+    );
+    assert!(
+        text.starts_with("created payload index on price (float) in shop\n"),
+        "{text}"
+    );
+    assert_eq!(
+        declared_indexes(&cluster, "shop"),
+        value!([{"key": "category", "type": "keyword"}, {"key": "price", "type": "float"}])
+    );
+    let described = ok(&cluster, &["collections", "describe", "shop"]);
+    assert!(
+        described.contains("\npayload indexes: category (keyword), price (float)\n"),
+        "{described}"
+    );
+    let dropped = json(&cluster, &["payload-index", "drop", "shop", "category"]);
+    assert_eq!(
+        dropped,
+        value!({"collection": "shop", "payload_indexes": [{"key": "price", "type": "float"}]})
+    );
+    assert_eq!(
+        declared_indexes(&cluster, "shop"),
+        value!([{"key": "price", "type": "float"}])
+    );
+    assert_eq!(
+        json(&cluster, &["payload-index", "list", "shop"])["payload_indexes"],
+        value!([{"key": "price", "type": "float"}])
+    );
+    let error = json_error(&cluster, &["payload-index", "drop", "shop", "category"]);
+    assert_eq!(error["code"], "NOT_FOUND", "{error}");
+    assert_eq!(
+        error["hint"], "see `quiverctl payload-index list shop`",
+        "{error}"
+    );
+    fails(
+        &cluster,
+        &["payload-index", "create", "shop", "price", "decimal"],
+        2,
+    );
+    // Answers do not depend on indexes: the same count with price indexed.
+    let cheap = r#"{"must": [{"key": "price", "range": {"gte": 50, "lt": 100}}]}"#;
+    let expected = (0..ROWS)
+        .filter(|row| {
+            let payload = shop_payload(*row);
+            let price = payload["price"].as_f64().unwrap();
+            (50.0..100.0).contains(&price) && !matching.contains(&format!("p{row}"))
+        })
+        .count();
+    assert_eq!(
+        json(&cluster, &["count", "shop", "--filter", cheap])["count"],
+        expected
     );
 }

@@ -74,10 +74,12 @@ impl Merger {
                     .find(|declared| declared.key == spec.key)
                 {
                     Some(declared) if declared.kind == spec.kind => {}
-                    Some(declared) => return Err(quiver_cluster::Error::InvalidArgument(format!(
+                    Some(declared) => {
+                        return Err(quiver_cluster::Error::InvalidArgument(format!(
                         "key {:?} already has a {} payload index; drop it first to index it as {}",
                         spec.key, declared.kind, spec.kind
-                    ))),
+                    )))
+                    }
                     None => record.payload_indexes.push(spec.clone()),
                 }
                 Ok(())

@@ -72,6 +72,13 @@ impl CliError {
             None => message.clone(),
         };
         match status.code() {
+            // "payload index on key \"k\" of collection c not found"
+            Code::NotFound if message.starts_with("payload index") => {
+                CliError::new(code, message.clone()).hint(match collection {
+                    Some(name) => format!("see `quiverctl payload-index list {name}`"),
+                    None => "see `quiverctl payload-index list <collection>`".to_string(),
+                })
+            }
             Code::NotFound if message.contains("collection") => {
                 CliError::new(code, named("does not exist"))
                     .hint("see `quiverctl collections list`")
@@ -160,6 +167,22 @@ mod tests {
         assert_eq!(
             error.render_text(),
             "error: collection 'docs' does not exist\nhint: see `quiverctl collections list`\n"
+        );
+    }
+
+    #[test]
+    fn a_missing_payload_index_is_not_a_missing_collection() {
+        let status =
+            tonic::Status::not_found("payload index on key \"lang\" of collection docs not found");
+        let error = CliError::from_status(&status, Some("docs"));
+        assert_eq!(error.code, "NOT_FOUND");
+        assert_eq!(
+            error.message,
+            "payload index on key \"lang\" of collection docs not found"
+        );
+        assert_eq!(
+            error.hint.as_deref(),
+            Some("see `quiverctl payload-index list docs`")
         );
     }
 

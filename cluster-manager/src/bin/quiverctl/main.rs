@@ -8,6 +8,7 @@
 mod client;
 mod commands;
 mod errors;
+mod filter;
 mod input;
 mod output;
 
@@ -16,7 +17,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::{
-    commands::{collections, generate, load, points, search, status},
+    commands::{collections, count, generate, load, payload_index, points, scroll, search, status},
     errors::CliError,
     output::{OutputFormat, Printer},
 };
@@ -32,7 +33,9 @@ use crate::{
                   searches go through a Merger (--merger); `status` and `rebalance` read etcd \
                   (--etcd-endpoints). With --output json every command prints exactly one JSON \
                   document on stdout; errors then are {\"error\": {\"code\", \"message\", \
-                  \"hint\"}} on stdout, with exit code 1."
+                  \"hint\"}} on stdout, with exit code 1 (2 for usage errors). `search`, \
+                  `count`, `scroll` and `delete` take --filter: a payload filter in JSON \
+                  ({\"must\": [...], \"should\": [...], \"must_not\": [...]}), or @FILE."
 )]
 struct Args {
     #[command(flatten)]
@@ -73,7 +76,8 @@ pub struct GlobalOptions {
     /// Deadline of each call: seconds ("30") or a duration ("1m", "500ms").
     #[arg(long, env = "QUIVER_TIMEOUT", default_value = "60s", value_parser = parse_timeout, global = true)]
     pub timeout: Duration,
-    /// table for people, json for scripts (one document on stdout).
+    /// table for people, json for scripts (one document on stdout); jsonl (one object per
+    /// line) for `scroll` only.
     #[arg(
         long,
         short = 'o',
@@ -109,8 +113,17 @@ enum Command {
     Search(search::SearchArgs),
     /// Fetch points by id.
     Get(points::GetArgs),
-    /// Delete points by id.
+    /// Delete points by id, or every point a --filter matches (one or the other).
     Delete(points::DeleteArgs),
+    /// Count the points (those a --filter matches, or all), exactly.
+    Count(count::CountArgs),
+    /// Page through every point (or those a --filter matches): with --output jsonl, one
+    /// JSON object per line to --out FILE or stdout; table or json for small results.
+    Scroll(scroll::ScrollArgs),
+    /// Create, drop and list a collection's payload indexes, which make filters on their
+    /// keys fast (answers are the same without them).
+    #[command(subcommand, name = "payload-index", visible_alias = "payload-indexes")]
+    PayloadIndex(payload_index::PayloadIndexCommand),
     /// Show the live Searchers, every replica's role and progress, the placement
     /// controller's leader and the last rebalance, read from etcd.
     Status,
@@ -138,6 +151,13 @@ enum Command {
 
 async fn run(args: Args, printer: Printer) -> anyhow::Result<()> {
     let global = &args.global;
+    if global.output == OutputFormat::Jsonl && !matches!(args.command, Command::Scroll(_)) {
+        return Err(
+            CliError::usage("--output jsonl is for `quiverctl scroll` only")
+                .hint("use --output json for one JSON document, or --output table")
+                .into(),
+        );
+    }
     match args.command {
         Command::Collections(command) => collections::run(global, printer, command).await,
         Command::Create(create) => {
@@ -171,6 +191,9 @@ async fn run(args: Args, printer: Printer) -> anyhow::Result<()> {
         Command::Search(search) => search::run(global, printer, search).await,
         Command::Get(get) => points::get(global, printer, get).await,
         Command::Delete(delete) => points::delete(global, printer, delete).await,
+        Command::Count(count) => count::run(global, printer, count).await,
+        Command::Scroll(scroll) => scroll::run(global, printer, scroll).await,
+        Command::PayloadIndex(command) => payload_index::run(global, printer, command).await,
         Command::Status => status::status(global, printer).await,
         Command::Rebalance { dry_run } => status::rebalance(global, printer, dry_run).await,
         Command::GenerateData(generate) => generate::run(printer, generate),
@@ -194,4 +217,67 @@ async fn main() {
         eprint!("{}", error.render_text());
     }
     std::process::exit(error.exit_code);
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_holds_together() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn delete_takes_ids_or_a_filter_not_both() {
+        let parse = |args: &[&str]| Args::try_parse_from(args);
+        assert!(parse(&["quiverctl", "delete", "docs", "a", "b"]).is_ok());
+        assert!(parse(&["quiverctl", "delete", "docs", "--filter", "{}"]).is_ok());
+        let both = parse(&["quiverctl", "delete", "docs", "a", "--filter", "{}"]).unwrap_err();
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let neither = parse(&["quiverctl", "delete", "docs"]).unwrap_err();
+        assert_eq!(
+            neither.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(neither.exit_code(), 2);
+    }
+
+    #[test]
+    fn payload_indexes_parse_as_key_and_type() {
+        let args = Args::try_parse_from([
+            "quiverctl",
+            "collections",
+            "create",
+            "docs",
+            "--dimension",
+            "4",
+            "--payload-index",
+            "category:keyword",
+            "--payload-index",
+            "price:Float",
+        ])
+        .unwrap();
+        let Command::Collections(collections::CollectionsCommand::Create(create)) = args.command
+        else {
+            panic!("not a create");
+        };
+        let keys: Vec<&str> = create
+            .payload_indexes
+            .iter()
+            .map(|index| index.key.as_str())
+            .collect();
+        assert_eq!(keys, ["category", "price"]);
+        assert!(Args::try_parse_from([
+            "quiverctl",
+            "payload-index",
+            "create",
+            "docs",
+            "price",
+            "number"
+        ])
+        .is_err());
+    }
 }

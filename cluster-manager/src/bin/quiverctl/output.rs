@@ -13,6 +13,8 @@ pub enum OutputFormat {
     Table,
     /// One JSON document on stdout (see the README for each command's shape).
     Json,
+    /// JSON Lines: one JSON object per line, streamed (`scroll` only).
+    Jsonl,
 }
 
 /// What every command gets to print with.
@@ -29,7 +31,8 @@ impl Printer {
     /// Prints `text` in table mode, or `document` in JSON mode (never both).
     pub fn emit(&self, text: &str, document: impl FnOnce() -> serde_json::Value) {
         match self.format {
-            OutputFormat::Table => write_stdout(text),
+            // `main` lets only `scroll` run with jsonl, and it prints its own lines.
+            OutputFormat::Table | OutputFormat::Jsonl => write_stdout(text),
             OutputFormat::Json => print_json(&document()),
         }
     }
@@ -39,11 +42,17 @@ impl Printer {
         eprintln!("warning: {text}");
     }
 
+    /// Whether [`Printer::progress`] draws anything (so a command can skip the work of
+    /// sizing a bar nobody sees).
+    pub fn progress_visible(&self) -> bool {
+        !self.json() && std::io::stderr().is_terminal()
+    }
+
     /// A progress bar on stderr, hidden in JSON mode and when stderr is not a terminal.
     /// `total` is the number of points when known (else a spinner that counts). The bar
     /// takes the width the terminal leaves, so the line never wraps.
     pub fn progress(&self, total: Option<u64>, what: &str) -> ProgressBar {
-        let visible = !self.json() && std::io::stderr().is_terminal();
+        let visible = self.progress_visible();
         let bar = match total {
             Some(total) => ProgressBar::new(total),
             None => ProgressBar::new_spinner(),

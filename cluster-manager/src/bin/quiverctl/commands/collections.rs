@@ -3,12 +3,13 @@
 use clap::Subcommand;
 use quiver_proto::v1::{
     CollectionConfig, CollectionDescription, CreateCollectionRequest, DescribeCollectionRequest,
-    DropCollectionRequest, ListCollectionsRequest, Metric,
+    DropCollectionRequest, ListCollectionsRequest, Metric, PayloadIndex,
 };
 use serde_json::json;
 
 use crate::{
     client,
+    commands::payload_index::{indexes_cell, indexes_json, indexes_text, parse_index_spec},
     errors::{status_for, CliError},
     output::{metric_name, role_name, state_name, Printer, Table},
     GlobalOptions,
@@ -21,7 +22,7 @@ pub enum CollectionsCommand {
     /// List the collections.
     #[command(visible_alias = "ls")]
     List,
-    /// Show a collection's configuration, shards and replicas.
+    /// Show a collection's configuration, payload indexes, shards and replicas.
     Describe { name: String },
     /// Drop a collection and all its data.
     Drop { name: String },
@@ -43,6 +44,11 @@ pub struct CreateArgs {
     /// (see docs/indexes.md).
     #[arg(long, default_value = "flat")]
     pub index: String,
+    /// A payload index to declare, as KEY:TYPE (TYPE: keyword, integer, float or bool);
+    /// repeat it for more: --payload-index category:keyword --payload-index price:float.
+    /// Later ones: `quiverctl payload-index create`.
+    #[arg(long = "payload-index", value_name = "KEY:TYPE", value_parser = parse_index_spec)]
+    pub payload_indexes: Vec<PayloadIndex>,
 }
 
 pub async fn run(
@@ -74,7 +80,7 @@ pub async fn run(
                         num_shards: create.shards,
                         replication_factor: create.replication_factor,
                         index_spec: create.index,
-                        payload_indexes: Vec::new(),
+                        payload_indexes: create.payload_indexes,
                     }),
                 })
                 .await
@@ -103,6 +109,7 @@ pub async fn run(
                 ("shards", true),
                 ("rf", true),
                 ("index", false),
+                ("payload indexes", false),
             ]);
             for config in &response.collections {
                 table.row(vec![
@@ -112,6 +119,7 @@ pub async fn run(
                     config.num_shards.to_string(),
                     config.replication_factor.to_string(),
                     config.index_spec.clone(),
+                    indexes_cell(&config.payload_indexes),
                 ]);
             }
             let text = if response.collections.is_empty() {
@@ -158,6 +166,7 @@ fn config_json(config: &CollectionConfig) -> serde_json::Value {
         "shards": config.num_shards,
         "replication_factor": config.replication_factor,
         "index": config.index_spec,
+        "payload_indexes": indexes_json(&config.payload_indexes),
     })
 }
 
@@ -198,6 +207,10 @@ fn render_description(collection: &CollectionDescription) -> String {
             config.num_shards,
             config.replication_factor,
             config.index_spec
+        ));
+        text.push_str(&format!(
+            "payload indexes: {}\n",
+            indexes_text(&config.payload_indexes)
         ));
     }
     let mut table = Table::new(&[

@@ -1,13 +1,17 @@
-//! `quiverctl get` and `quiverctl delete`: points by id.
+//! `quiverctl get` and `quiverctl delete`: points by id, or (delete) every point a filter
+//! matches.
 
 use std::collections::HashMap;
 
-use quiver_proto::v1::{DeleteRequest, GetRequest};
+use clap::ArgGroup;
+use quiver_proto::v1::{DeleteRequest, DeleteResponse, GetRequest};
 use serde_json::json;
 
 use crate::{
     client,
+    commands::count::points,
     errors::{status_for, CliError},
+    filter::{FilterArg, ParsedFilter},
     output::{payload_value, truncate, Printer, Table},
     GlobalOptions,
 };
@@ -24,11 +28,22 @@ pub struct GetArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(
+    override_usage = "quiverctl delete <COLLECTION> <IDS>... [--write-quorum <N>]\n       \
+                      quiverctl delete <COLLECTION> --filter <JSON|@FILE> [--write-quorum <N>]",
+    group(
+    ArgGroup::new("which")
+        .required(true)
+        .multiple(false)
+        .args(["ids", "filter"])
+    )
+)]
 pub struct DeleteArgs {
     collection: String,
-    /// The ids to delete.
-    #[arg(required = true)]
+    /// The ids to delete (or give --filter instead).
     ids: Vec<String>,
+    #[command(flatten)]
+    filter: FilterArg,
     /// Replicas per shard that must make the delete durable (default: the Merger's).
     #[arg(long)]
     write_quorum: Option<u32>,
@@ -134,6 +149,9 @@ pub async fn delete(
     printer: Printer,
     args: DeleteArgs,
 ) -> anyhow::Result<()> {
+    if let Some(filter) = args.filter.parse()? {
+        return delete_matching(global, printer, &args, filter).await;
+    }
     let ids = distinct(&args.ids);
     if ids.len() > 10_000 {
         return Err(
@@ -151,12 +169,80 @@ pub async fn delete(
         .await
         .map_err(status_for(&args.collection))?
         .into_inner();
+    warn_failed_replicas(printer, &response);
+    let absent = ids.len().saturating_sub(response.deleted as usize);
+    let mut text = format!(
+        "deleted {} of {} ids from {}{}\n",
+        response.deleted,
+        ids.len(),
+        args.collection,
+        if absent > 0 {
+            format!(" ({absent} did not exist)")
+        } else {
+            String::new()
+        }
+    );
+    text.push_str(&shards_table(&response));
+    printer.emit(&text, || {
+        let mut document = delete_json(&args.collection, &response);
+        document["requested"] = json!(ids.len());
+        document
+    });
+    Ok(())
+}
+
+/// `delete --filter`: the primary of every shard deletes what matches there, as one logged
+/// delete of the ids it matched.
+async fn delete_matching(
+    global: &GlobalOptions,
+    printer: Printer,
+    args: &DeleteArgs,
+    filter: ParsedFilter,
+) -> anyhow::Result<()> {
+    if filter.is_empty() {
+        return Err(CliError::usage("the filter is empty, so it matches every point")
+            .hint(format!(
+                "give the conditions of the points to delete; to delete every point, `quiverctl collections drop {}` and create it again",
+                args.collection
+            ))
+            .into());
+    }
+    let mut merger = client::merger(global).await?;
+    let response = merger
+        .delete(DeleteRequest {
+            collection: args.collection.clone(),
+            ids: Vec::new(),
+            write_quorum: args.write_quorum,
+            filter: Some(filter.to_proto()),
+        })
+        .await
+        .map_err(status_for(&args.collection))?
+        .into_inner();
+    warn_failed_replicas(printer, &response);
+    let mut text = format!(
+        "deleted {} matching the filter from {}\n",
+        points(u64::from(response.deleted)),
+        args.collection
+    );
+    text.push_str(&shards_table(&response));
+    printer.emit(&text, || {
+        let mut document = delete_json(&args.collection, &response);
+        document["filter"] = filter.to_json();
+        document
+    });
+    Ok(())
+}
+
+fn warn_failed_replicas(printer: Printer, response: &DeleteResponse) {
     for failure in &response.failed_replicas {
         printer.warn(&format!(
             "the replica of shard {} on {} missed the delete: {}: {}",
             failure.shard, failure.searcher_id, failure.code, failure.message
         ));
     }
+}
+
+fn shards_table(response: &DeleteResponse) -> String {
     let mut table = Table::new(&[
         ("shard", true),
         ("primary", false),
@@ -173,23 +259,12 @@ pub async fn delete(
             shard.acknowledged_by.join(", "),
         ]);
     }
-    let absent = ids.len().saturating_sub(response.deleted as usize);
-    let mut text = format!(
-        "deleted {} of {} ids from {}{}\n",
-        response.deleted,
-        ids.len(),
-        args.collection,
-        if absent > 0 {
-            format!(" ({absent} did not exist)")
-        } else {
-            String::new()
-        }
-    );
-    text.push_str(&table.render());
-    printer.emit(&text, || {
-        json!({
-            "collection": args.collection,
-            "requested": ids.len(),
+    table.render()
+}
+
+fn delete_json(collection: &str, response: &DeleteResponse) -> serde_json::Value {
+    json!({
+            "collection": collection,
             "deleted": response.deleted,
             "shards": response.shards.iter().map(|shard| json!({
                 "shard": shard.shard,
@@ -204,7 +279,5 @@ pub async fn delete(
                 "code": failure.code,
                 "message": failure.message,
             })).collect::<Vec<_>>(),
-        })
-    });
-    Ok(())
+    })
 }

@@ -1,13 +1,15 @@
 //! `quiverctl search <collection>`: one query (`--vector`, or `--query-file` and `--row`)
 //! printed as a results table, or every query of a file (`--queries`) with recall against
-//! ground truth and queries per second.
+//! ground truth and queries per second; either among the points a `--filter` matches, with
+//! how each shard searched under it (its plan).
 
-use std::{path::PathBuf, time::Instant};
+use std::{collections::BTreeMap, path::PathBuf, time::Instant};
 
 use clap::ArgGroup;
 use quiver_index::dataset;
 use quiver_proto::v1::{
-    CollectionConfig, QueryResult, SearchParams, SearchRequest, SearchResponse, Vector,
+    CollectionConfig, QueryResult, SearchParams, SearchRequest, SearchResponse, ShardOutcome,
+    ShardReport, Vector,
 };
 use serde_json::json;
 
@@ -15,6 +17,7 @@ use crate::{
     client::{self, metric_of, Merger},
     commands::load::check_vector,
     errors::{status_for, CliError},
+    filter::{FilterArg, ParsedFilter},
     input::{Format, Source},
     output::{metric_name, payload_value, score_name, truncate, Printer, Table},
     GlobalOptions,
@@ -72,10 +75,12 @@ pub struct SearchArgs {
     /// Batch mode: how many queries' neighbours to print (table output only).
     #[arg(long, default_value_t = 1)]
     show: usize,
+    #[command(flatten)]
+    filter: FilterArg,
 }
 
 impl SearchArgs {
-    fn request(&self, queries: Vec<Vector>) -> SearchRequest {
+    fn request(&self, queries: Vec<Vector>, filter: Option<&ParsedFilter>) -> SearchRequest {
         let params = (self.ef_search.is_some() || self.nprobe.is_some()).then(|| SearchParams {
             ef_search: self.ef_search.unwrap_or(0),
             nprobe: self.nprobe.unwrap_or(0),
@@ -89,6 +94,7 @@ impl SearchArgs {
             with_vectors: self.with_vectors,
             params,
             min_coverage: self.min_coverage,
+            filter: filter.map(ParsedFilter::to_proto),
             ..SearchRequest::default()
         }
     }
@@ -102,10 +108,12 @@ impl SearchArgs {
 }
 
 pub async fn run(global: &GlobalOptions, printer: Printer, args: SearchArgs) -> anyhow::Result<()> {
+    // A bad filter is a usage error, told before anything is asked.
+    let filter = args.filter.parse()?;
     let mut merger = client::merger(global).await?;
     let config = client::collection_config(&mut merger, &args.collection).await?;
     if let Some(path) = args.queries.clone() {
-        return batch(&mut merger, printer, &args, &config, path).await;
+        return batch(&mut merger, printer, &args, &config, path, filter.as_ref()).await;
     }
     let (query, from) = match (&args.vector, &args.query_file) {
         (Some(vector), _) => (vector.clone(), "--vector".to_string()),
@@ -129,14 +137,15 @@ pub async fn run(global: &GlobalOptions, printer: Printer, args: SearchArgs) -> 
         },
     )?;
     let response = merger
-        .search(args.request(vec![Vector { values: query }]))
+        .search(args.request(vec![Vector { values: query }], filter.as_ref()))
         .await
         .map_err(status_for(&args.collection))?
         .into_inner();
     let result = response.results.first().cloned().unwrap_or_default();
-    printer.emit(&render_results(&config, &args, &response, &result), || {
-        results_json(&config, &args, &response, &result)
-    });
+    printer.emit(
+        &render_results(&config, &args, &response, &result, filter.as_ref()),
+        || results_json(&config, &args, &response, &result, filter.as_ref()),
+    );
     Ok(())
 }
 
@@ -190,6 +199,64 @@ fn coverage_line(response: &SearchResponse) -> String {
     text
 }
 
+/// How many shards answered with each plan ("exact_scan", "index"); shards report a plan
+/// only under a filter.
+fn plan_counts<'a>(
+    reports: impl IntoIterator<Item = &'a ShardReport>,
+    counts: &mut BTreeMap<String, u64>,
+) {
+    for report in reports {
+        if report.outcome == ShardOutcome::Ok as i32 && !report.plan.is_empty() {
+            *counts.entry(report.plan.clone()).or_default() += 1;
+        }
+    }
+}
+
+/// `plans: exact_scan 3, index 1` (shards per plan), or nothing when no shard reported one.
+fn plans_text(counts: &BTreeMap<String, u64>) -> Option<String> {
+    (!counts.is_empty()).then(|| {
+        let parts: Vec<String> = counts
+            .iter()
+            .map(|(plan, count)| format!("{plan} {count}"))
+            .collect();
+        format!("plans: {}", parts.join(", "))
+    })
+}
+
+fn outcome_name(outcome: i32) -> &'static str {
+    match ShardOutcome::try_from(outcome) {
+        Ok(ShardOutcome::Ok) => "OK",
+        Ok(ShardOutcome::TimedOut) => "TIMED_OUT",
+        Ok(ShardOutcome::Failed) => "FAILED",
+        Ok(ShardOutcome::NoLiveReplica) => "NO_LIVE_REPLICA",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Every shard's report, its plan included (`null` without a filter).
+fn shard_reports_json(response: &SearchResponse) -> Vec<serde_json::Value> {
+    response
+        .shards
+        .iter()
+        .map(|report| {
+            json!({
+                "shard": report.shard,
+                "outcome": outcome_name(report.outcome),
+                "searcher": report.searcher_id,
+                "code": report.code,
+                "message": report.message,
+                "latency_us": report.latency_us,
+                "attempts": report.attempts,
+                "plan": (!report.plan.is_empty()).then_some(&report.plan),
+            })
+        })
+        .collect()
+}
+
+fn filter_json(filter: Option<&ParsedFilter>) -> serde_json::Value {
+    filter.map_or(serde_json::Value::Null, ParsedFilter::to_json)
+}
+
 fn results_table(config: &CollectionConfig, result: &QueryResult, with_vectors: bool) -> String {
     let score_column = score_name(config.metric);
     let mut columns = vec![
@@ -222,6 +289,7 @@ fn render_results(
     args: &SearchArgs,
     response: &SearchResponse,
     result: &QueryResult,
+    filter: Option<&ParsedFilter>,
 ) -> String {
     let mut text = format!(
         "top {} of collection {} (metric {}: {})\n",
@@ -235,11 +303,20 @@ fn render_results(
         }
     );
     if result.neighbors.is_empty() {
-        text.push_str("no results (is the collection empty?)\n");
+        text.push_str(match filter {
+            Some(_) => "no results (does any point match the filter?)\n",
+            None => "no results (is the collection empty?)\n",
+        });
     } else {
         text.push_str(&results_table(config, result, args.with_vectors));
     }
     text.push_str(&coverage_line(response));
+    let mut plans = BTreeMap::new();
+    plan_counts(&response.shards, &mut plans);
+    if let Some(line) = plans_text(&plans) {
+        text.push_str(&line);
+        text.push('\n');
+    }
     text
 }
 
@@ -248,6 +325,7 @@ fn results_json(
     args: &SearchArgs,
     response: &SearchResponse,
     result: &QueryResult,
+    filter: Option<&ParsedFilter>,
 ) -> serde_json::Value {
     let results: Vec<_> = result
         .neighbors
@@ -271,12 +349,14 @@ fn results_json(
         "metric": metric_name(config.metric),
         "score": score_name(config.metric),
         "k": args.k,
+        "filter": filter_json(filter),
         "results": results,
         "shards_total": response.shards_total,
         "shards_answered": response.shards_answered,
         "coverage": response.coverage,
         "partial": response.partial,
         "failed_shards": failed_shards_json(response),
+        "shards": shard_reports_json(response),
     })
 }
 
@@ -303,6 +383,7 @@ async fn batch(
     args: &SearchArgs,
     config: &CollectionConfig,
     path: PathBuf,
+    filter: Option<&ParsedFilter>,
 ) -> anyhow::Result<()> {
     let source = Source::open(&path, args.format_of(&path)?, 0)?;
     let queries: Vec<Vec<f32>> = source
@@ -329,6 +410,8 @@ async fn batch(
     let started = Instant::now();
     let mut found: Vec<Vec<u64>> = Vec::with_capacity(queries.len());
     let mut partial_responses = 0usize;
+    let mut plans = BTreeMap::new();
+    let mut requests = 0usize;
     let mut shown = String::new();
     for (chunk_number, chunk) in queries.chunks(args.batch as usize).enumerate() {
         let response = merger
@@ -340,6 +423,7 @@ async fn batch(
                             values: values.clone(),
                         })
                         .collect(),
+                    filter,
                 ),
             )
             .await
@@ -357,6 +441,8 @@ async fn batch(
                 error
             })?
             .into_inner();
+        requests += 1;
+        plan_counts(&response.shards, &mut plans);
         if response.partial {
             partial_responses += 1;
             printer.warn(&coverage_line(&response));
@@ -387,6 +473,11 @@ async fn batch(
         "searched {} queries (k = {k}) in {seconds:.2} s ({rate:.0} queries/s); partial responses: {partial_responses}\n",
         queries.len(),
     ));
+    if let Some(line) = plans_text(&plans) {
+        text.push_str(&format!(
+            "{line} (shard answers over {requests} requests)\n"
+        ));
+    }
     if let Some(recall) = recall {
         text.push_str(&format!(
             "recall@{k} against the ground truth: {recall:.3}\n"
@@ -396,7 +487,10 @@ async fn batch(
         json!({
             "collection": args.collection,
             "k": k,
+            "filter": filter_json(filter),
             "queries": queries.len(),
+            "requests": requests,
+            "plans": plans,
             "seconds": seconds,
             "queries_per_second": rate,
             "partial_responses": partial_responses,
