@@ -15,6 +15,12 @@
 //!
 //! `OMP_NUM_THREADS=1` keeps FAISS from starting OpenMP threads inside one query, so "one
 //! thread" means one thread for both sides.
+//!
+//! `--filtered` measures filtered search instead ([`filtered`]): selectivities from 50% to
+//! 0.1% (and one Fashion-MNIST class), every backend through the Searcher's planner,
+//! against exact filtered ground truth.
+
+mod filtered;
 
 use std::{
     fs::File,
@@ -78,6 +84,9 @@ struct Args {
     /// Only run backends whose label contains one of these (comma separated).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Benchmark filtered search instead (see the module notes).
+    #[arg(long)]
+    filtered: bool,
 }
 
 struct Dataset {
@@ -123,6 +132,25 @@ fn main() -> Result<()> {
             .unwrap_or(1)
     });
     let dataset = load_dataset(&args)?;
+    if args.filtered {
+        let labels = match args.dataset.as_str() {
+            "fashion-mnist" if args.base.is_none() => Some(read_gzip_labels(
+                &args.fashion_dir.join("train-labels-idx1-ubyte.gz"),
+            )?),
+            _ => None,
+        };
+        return filtered::run(
+            &dataset.name,
+            &dataset.base,
+            &dataset.queries,
+            labels.as_deref(),
+            args.k,
+            args.rounds,
+            args.hnsw_m,
+            args.ef_construction,
+            &args.only,
+        );
+    }
     println!(
         "# {}: {} base vectors, {} queries, dim {}, k = {}, kernels {}, {} threads for \"all cores\", median of {} rounds\n",
         dataset.name,
@@ -241,6 +269,32 @@ fn read_gzip_idx(path: &Path) -> Result<Vectors> {
     Ok(read_idx_images(flate2::read::GzDecoder::new(
         BufReader::new(file),
     ))?)
+}
+
+/// An idx1 label file (magic 2049, a count, one byte per label), gzipped.
+fn read_gzip_labels(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = File::open(path).with_context(|| {
+        format!(
+            "opening {} (install Debian's dataset-fashion-mnist)",
+            path.display()
+        )
+    })?;
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(BufReader::new(file)).read_to_end(&mut bytes)?;
+    if bytes.len() < 8 || bytes[..4] != 2049u32.to_be_bytes() {
+        bail!("{}: not an idx1 label file", path.display());
+    }
+    let count = u32::from_be_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
+    if bytes.len() != 8 + count {
+        bail!(
+            "{}: {} labels announced, {} present",
+            path.display(),
+            count,
+            bytes.len() - 8
+        );
+    }
+    Ok(bytes[8..].to_vec())
 }
 
 fn backends(args: &Args, dataset: &Dataset) -> Vec<Backend> {
