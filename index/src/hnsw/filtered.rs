@@ -21,6 +21,12 @@
 //!   width (the query's true neighbourhood, whose two-hop neighbours are where its nearest
 //!   allowed points lie), and from `ef` allowed points spread over the allow-list. On
 //!   Fashion-MNIST at 1% this took recall@10 from 0.82 to 0.98 at `ef` 64.
+//! - Above it, a two-hop search that ends with fewer than `k` allowed points found too few
+//!   near the query: a filter correlated with the vectors (one Fashion-MNIST class, a
+//!   query of another) puts its points elsewhere. It runs again with the `ef` spread seeds,
+//!   which start inside those points. On that class filter this answered every query from
+//!   the graph at 3,500 QPS (recall@10 0.97), where falling back to the exact scan for the
+//!   54% that came back short gave 970 QPS.
 //!
 //! Either way a search may end with fewer than `k` results when the allowed points are
 //! scattered too thinly for the graph to reach; [`crate::filtered::search`] then scans them
@@ -106,16 +112,26 @@ impl HnswIndex {
             let mut starts = std::mem::take(&mut scratch.found);
             starts.clear();
             starts.push(nearest);
-            let mut seeds = 0;
             if share < PRIMED_BELOW {
                 self.search_layer(query, nearest, ef, 0, 0, scratch);
                 starts.extend(scratch.beam.entries().iter().map(|entry| Scored {
                     distance: entry.distance,
                     slot: entry.slot,
                 }));
-                seeds = ef as u64;
+                self.search_two_hop(query, &starts, ef, allowed, ef as u64, scratch, is_allowed);
+            } else {
+                self.search_two_hop(query, &starts, ef, allowed, 0, scratch, is_allowed);
+                let wanted = k.min(allowed.len() as usize);
+                let found = scratch.beam.entries().iter().filter(|e| e.live).count();
+                if found < wanted {
+                    // The allowed points near the query's region are too few: a filter
+                    // correlated with the vectors puts its points elsewhere. Seeds spread
+                    // over the allow-list reach them.
+                    self.search_two_hop(
+                        query, &starts, ef, allowed, ef as u64, scratch, is_allowed,
+                    );
+                }
             }
-            self.search_two_hop(query, &starts, ef, allowed, seeds, scratch, is_allowed);
             scratch.found = starts;
         }
         self.collect(k, scratch)
@@ -266,5 +282,40 @@ mod tests {
                 assert!(!ids.contains(&977));
             }
         }
+    }
+
+    /// Two clusters far apart, the filter allowing only the smaller one and the queries
+    /// lying in the larger: a two-hop search from the query's region reaches few or no
+    /// allowed points, and runs again from seeds spread over the allow-list, so the graph
+    /// answers (plan `index`) and finds the true nearest allowed points.
+    #[test]
+    fn a_filter_on_a_far_cluster_is_answered_from_the_graph() {
+        let dim = 24;
+        let near = dataset::synthetic(3600, dim, 8);
+        let mut far = dataset::synthetic(400, dim, 9);
+        far.data.iter_mut().for_each(|value| *value += 1000.0);
+        // The far cluster first: only the first near points inserted link to it.
+        let mut data = far.data.clone();
+        data.extend_from_slice(&near.data);
+        let mut index = HnswIndex::new(dim, Metric::L2, HnswParams::default());
+        let ids: Vec<u64> = (0..4000).collect();
+        index.upsert(&ids, &data).unwrap();
+        let allowed: RoaringTreemap = (0..400u64).collect();
+        let allow = AllowList::new(&allowed);
+        let queries = dataset::synthetic(20, dim, 10);
+        let mut hits = 0;
+        for query in queries.data.chunks_exact(dim) {
+            let exact = index.search_among(query, 10, &allow).unwrap();
+            let (found, plan) =
+                filtered::search(&index, query, 10, &SearchParams::default(), &allow, 0).unwrap();
+            assert_eq!(plan, filtered::Plan::Index);
+            assert_eq!(found.len(), 10);
+            hits += found
+                .iter()
+                .filter(|neighbor| exact.iter().any(|truth| truth.id == neighbor.id))
+                .count();
+        }
+        let recall = hits as f64 / 200.0;
+        assert!(recall >= 0.9, "recall {recall}");
     }
 }
