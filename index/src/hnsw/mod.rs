@@ -359,9 +359,12 @@ impl VectorIndex for HnswIndex {
     }
 
     fn search_among(&self, query: &[f32], k: usize, allowed: &AllowList) -> Result<Vec<Neighbor>> {
-        self.with_prepared(query, |prepared, _| {
-            self.search_among_prepared(prepared, k, allowed)
-        })
+        // No graph walk, so no scratch: a filter passing a handful of points is answered
+        // in well under a microsecond, where the pool's lock and moves would show.
+        require_dimension(self.dim)?;
+        let mut prepared = Vec::with_capacity(self.dim);
+        self.prepare_query(query, &mut prepared)?;
+        Ok(self.search_among_prepared(&prepared, k, allowed))
     }
 
     fn search_filtered(
