@@ -22,9 +22,17 @@ use crate::{
 /// Floats above this magnitude no longer hold every integer exactly.
 const EXACT_INTEGERS_IN_F64: u64 = 1 << 53;
 
-/// An `f64` ordered totally (payload numbers are never NaN: JSON has none).
+/// An `f64` ordered totally (payload numbers are never NaN: JSON has none). Built only
+/// through [`Number::new`], which files -0.0 as 0.0: the total order puts -0.0 first, where
+/// the evaluator's comparisons hold them equal.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Number(f64);
+
+impl Number {
+    fn new(value: f64) -> Number {
+        Number(if value == 0.0 { 0.0 } else { value })
+    }
+}
 
 impl Eq for Number {}
 
@@ -115,7 +123,7 @@ impl FieldIndex {
                 },
                 Postings::Float(postings) => {
                     if let Some(number) = value.as_f64() {
-                        postings.entry(Number(number)).or_default().insert(id);
+                        postings.entry(Number::new(number)).or_default().insert(id);
                     }
                 }
                 Postings::Bool(postings) => {
@@ -144,7 +152,7 @@ impl FieldIndex {
                 }
                 Postings::Float(postings) => {
                     if let Some(number) = value.as_f64() {
-                        remove_from(postings, &Number(number), id);
+                        remove_from(postings, &Number::new(number), id);
                     }
                 }
                 Postings::Bool(postings) => {
@@ -177,6 +185,7 @@ impl FieldIndex {
                 if let Some(points) = postings.get(integer) {
                     lookup.matched = points.clone();
                 }
+                lookup.uncertain = self.unheld_equal_to(std::slice::from_ref(integer));
             }
             (Postings::Integer(postings), FieldTest::Any(any)) if any.keywords.is_empty() => {
                 lookup.matched = any
@@ -184,13 +193,20 @@ impl FieldIndex {
                     .iter()
                     .filter_map(|integer| postings.get(integer))
                     .union();
+                lookup.uncertain = self.unheld_equal_to(&any.integers);
             }
             (Postings::Integer(postings), FieldTest::Range(range)) => {
                 let (lower, upper) = range.bounds();
                 // A window of whole numbers around the bounds, then each key checked the
-                // way the evaluator checks a value: as an f64 against the range.
-                let low = lower.map_or(i64::MIN, |(bound, _)| saturating_i64(bound.floor()));
-                let high = upper.map_or(i64::MAX, |(bound, _)| saturating_i64(bound.ceil()));
+                // way the evaluator checks a value: as an f64 against the range. Past 2^53
+                // a key rounds to the nearest f64 (up to 512 away below 2^63), so the
+                // window widens there to take in keys that round into the range.
+                let low = lower.map_or(i64::MIN, |(bound, _)| {
+                    saturating_i64(bound.floor()).saturating_sub(rounding_slack(bound))
+                });
+                let high = upper.map_or(i64::MAX, |(bound, _)| {
+                    saturating_i64(bound.ceil()).saturating_add(rounding_slack(bound))
+                });
                 if low <= high {
                     // One union over every posting list in range: far cheaper than adding
                     // them one by one (a 50% range over 500 values: 1.2 ms that way).
@@ -203,18 +219,18 @@ impl FieldIndex {
                 lookup.uncertain = self.unheld.clone();
             }
             (Postings::Float(postings), FieldTest::Match(MatchValue::Integer(integer))) => {
-                if let Some(points) = postings.get(&Number(*integer as f64)) {
+                if let Some(points) = postings.get(&Number::new(*integer as f64)) {
                     lookup.matched = points.clone();
                 }
-                if integer.unsigned_abs() > EXACT_INTEGERS_IN_F64 {
+                if integer.unsigned_abs() >= EXACT_INTEGERS_IN_F64 {
                     // Neighbouring integers share this float: let the payloads decide.
                     lookup.uncertain = std::mem::take(&mut lookup.matched);
                 }
             }
             (Postings::Float(postings), FieldTest::Any(any)) if any.keywords.is_empty() => {
                 for integer in &any.integers {
-                    let points = postings.get(&Number(*integer as f64));
-                    if integer.unsigned_abs() > EXACT_INTEGERS_IN_F64 {
+                    let points = postings.get(&Number::new(*integer as f64));
+                    if integer.unsigned_abs() >= EXACT_INTEGERS_IN_F64 {
                         points
                             .into_iter()
                             .for_each(|points| lookup.uncertain |= points);
@@ -227,17 +243,12 @@ impl FieldIndex {
             }
             (Postings::Float(postings), FieldTest::Range(range)) => {
                 let (lower, upper) = range.bounds();
-                let low = std::ops::Bound::Included(Number(
-                    lower.map_or(f64::NEG_INFINITY, |(bound, _)| bound),
-                ));
-                let high = std::ops::Bound::Included(Number(
-                    upper.map_or(f64::INFINITY, |(bound, _)| bound),
-                ));
-                if lower.map_or(f64::NEG_INFINITY, |(bound, _)| bound)
-                    <= upper.map_or(f64::INFINITY, |(bound, _)| bound)
-                {
+                let low = Number::new(lower.map_or(f64::NEG_INFINITY, |(bound, _)| bound));
+                let high = Number::new(upper.map_or(f64::INFINITY, |(bound, _)| bound));
+                // In the map's own order: `range` panics on a start past its end.
+                if low <= high {
                     lookup.matched = postings
-                        .range((low, high))
+                        .range(low..=high)
                         .filter(|(key, _)| range.contains(key.0))
                         .map(|(_, points)| points)
                         .union();
@@ -249,6 +260,20 @@ impl FieldIndex {
             _ => return None,
         }
         Some(lookup)
+    }
+
+    /// Of the numbers an integer index could not file, those that may equal one of
+    /// `integers`: only a whole float past 2^53 can (it stands for several integers), so
+    /// below that nothing is uncertain.
+    fn unheld_equal_to(&self, integers: &[i64]) -> RoaringTreemap {
+        if integers
+            .iter()
+            .any(|integer| integer.unsigned_abs() >= EXACT_INTEGERS_IN_F64)
+        {
+            self.unheld.clone()
+        } else {
+            RoaringTreemap::new()
+        }
     }
 
     fn memory_bytes(&self) -> usize {
@@ -285,6 +310,15 @@ fn integer_key(value: &Value) -> Option<i64> {
     }
     let float = number.as_f64()?;
     (float.fract() == 0.0 && float.abs() < EXACT_INTEGERS_IN_F64 as f64).then_some(float as i64)
+}
+
+/// How far an integer key past 2^53 may lie from the f64 it rounds to, with a margin.
+fn rounding_slack(bound: f64) -> i64 {
+    if bound.abs() >= EXACT_INTEGERS_IN_F64 as f64 {
+        2048
+    } else {
+        0
+    }
 }
 
 fn saturating_i64(value: f64) -> i64 {

@@ -2,7 +2,8 @@
 //! and floats, strings, booleans) and random filters (nesting, every condition kind), the
 //! resolver with payload indexes of every type (some of them on keys whose values are of
 //! another type) matches exactly what the naive evaluator matches, after upserts and
-//! deletes have gone through the indexes too.
+//! deletes have gone through the indexes too. Numbers include the edges where f64 and i64
+//! part ways (-0.0, 2^53 and past it, the ends of i64).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -15,6 +16,19 @@ use serde_json::{json, Value};
 
 const KEYS: [&str; 6] = ["tag", "n", "x", "flag", "meta.lang", "items.v"];
 const WORDS: [&str; 4] = ["a", "b", "c", "d"];
+/// Numbers where f64 and i64 part ways: zero's sign, 2^53 and its neighbours, integers past
+/// it that round to one float, and the ends of i64.
+const EDGE_INTEGERS: [i64; 8] = [
+    0,
+    1 << 53,
+    (1 << 53) + 1,
+    10_000_000_000_000_000,
+    10_000_000_000_000_001,
+    99_999_999_999_999_996,
+    i64::MAX,
+    i64::MIN,
+];
+const EDGE_FLOATS: [f64; 6] = [-0.0, 9_007_199_254_740_992.0, 1e16, 1e17, 9.2e18, -1e300];
 
 struct Points {
     all: RoaringTreemap,
@@ -37,6 +51,13 @@ impl PointSource for Points {
 }
 
 fn scalar(rng: &mut StdRng) -> Value {
+    if rng.gen_bool(0.1) {
+        return if rng.gen_bool(0.5) {
+            json!(EDGE_INTEGERS[rng.gen_range(0..EDGE_INTEGERS.len())])
+        } else {
+            json!(EDGE_FLOATS[rng.gen_range(0..EDGE_FLOATS.len())])
+        };
+    }
     match rng.gen_range(0..7) {
         0 => json!(WORDS[rng.gen_range(0..WORDS.len())]),
         1 => json!(rng.gen_range(-3i64..4)),
@@ -80,18 +101,25 @@ fn payload(rng: &mut StdRng) -> Option<String> {
 }
 
 fn test(rng: &mut StdRng) -> FieldTest {
-    let bound = |rng: &mut StdRng| rng.gen_range(-35..45) as f64 / 10.0;
+    let edges = rng.gen_bool(0.2);
+    let bound = |rng: &mut StdRng| match edges {
+        true if rng.gen_bool(0.5) => EDGE_FLOATS[rng.gen_range(0..EDGE_FLOATS.len())],
+        true => EDGE_INTEGERS[rng.gen_range(0..EDGE_INTEGERS.len())] as f64,
+        false => rng.gen_range(-35..45) as f64 / 10.0,
+    };
+    let integer = |rng: &mut StdRng| match edges {
+        true => EDGE_INTEGERS[rng.gen_range(0..EDGE_INTEGERS.len())],
+        false => rng.gen_range(-3..4),
+    };
     match rng.gen_range(0..6) {
         0 => FieldTest::Match(MatchValue::Keyword(WORDS[rng.gen_range(0..4)].into())),
-        1 => FieldTest::Match(MatchValue::Integer(rng.gen_range(-3..4))),
+        1 => FieldTest::Match(MatchValue::Integer(integer(rng))),
         2 => FieldTest::Match(MatchValue::Boolean(rng.gen_bool(0.5))),
         3 => FieldTest::Any(MatchAny {
             keywords: (0..rng.gen_range(0..3))
                 .map(|_| WORDS[rng.gen_range(0..4)].to_string())
                 .collect(),
-            integers: (0..rng.gen_range(0..3))
-                .map(|_| rng.gen_range(-3..4))
-                .collect(),
+            integers: (0..rng.gen_range(0..3)).map(|_| integer(rng)).collect(),
         }),
         _ => {
             let mut range = Range::default();
@@ -212,4 +240,43 @@ fn indexed_resolution_equals_the_naive_evaluator() {
         telling * 3 >= checked,
         "only {telling} of {checked} filters split the points"
     );
+}
+
+/// `gte: 0, lte: -0.0` is the single point zero (the two are equal), not a range whose start
+/// lies past its end: a float index answers it, for -0.0 and 0 alike, as the evaluator does.
+#[test]
+fn a_range_from_zero_to_negative_zero_holds_both_zeros() {
+    let schema = PayloadSchema::new([("x".to_string(), PayloadIndexType::Float)]);
+    let mut index = PayloadIndex::new(&schema);
+    let mut points = Points {
+        all: RoaringTreemap::new(),
+        by_id: HashMap::new(),
+        points: BTreeMap::new(),
+    };
+    for (internal, payload) in [r#"{"x": -0.0}"#, r#"{"x": 0}"#, r#"{"x": 1}"#]
+        .into_iter()
+        .enumerate()
+    {
+        let internal = internal as u64;
+        index.insert(internal, Some(payload));
+        points.all.insert(internal);
+        points.by_id.insert(format!("p{internal}"), internal);
+        points.points.insert(
+            internal,
+            (format!("p{internal}"), Some(payload.to_string())),
+        );
+    }
+    let zero = Filter {
+        must: vec![Condition::Field(FieldCondition {
+            key: "x".into(),
+            test: FieldTest::Range(Range {
+                gte: Some(0.0),
+                lte: Some(-0.0),
+                ..Range::default()
+            }),
+        })],
+        ..Filter::default()
+    };
+    let found: Vec<u64> = resolve(&zero, &index, &points).iter().collect();
+    assert_eq!(found, [0, 1]);
 }
