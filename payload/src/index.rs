@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::{
     eval,
-    filter::{Condition, FieldTest, MatchValue},
+    filter::{Condition, FieldTest, Filter, MatchValue},
     schema::{PayloadIndexType, PayloadSchema},
 };
 
@@ -164,9 +164,29 @@ impl FieldIndex {
         }
     }
 
+    /// Whether this index's type can answer `test` (else payloads must).
+    fn answers(&self, test: &FieldTest) -> bool {
+        match (self.kind, test) {
+            (PayloadIndexType::Keyword, FieldTest::Match(MatchValue::Keyword(_))) => true,
+            (PayloadIndexType::Keyword, FieldTest::Any(any)) => any.integers.is_empty(),
+            (
+                PayloadIndexType::Integer | PayloadIndexType::Float,
+                FieldTest::Match(MatchValue::Integer(_)) | FieldTest::Range(_),
+            ) => true,
+            (PayloadIndexType::Integer | PayloadIndexType::Float, FieldTest::Any(any)) => {
+                any.keywords.is_empty()
+            }
+            (PayloadIndexType::Bool, FieldTest::Match(MatchValue::Boolean(_))) => true,
+            _ => false,
+        }
+    }
+
     /// The answer to a test, or `None` when the test does not fit this index's type (the
     /// caller then reads payloads).
     fn lookup(&self, test: &FieldTest) -> Option<Lookup> {
+        if !self.answers(test) {
+            return None;
+        }
         let mut lookup = Lookup::default();
         match (&self.postings, test) {
             (Postings::Keyword(postings), FieldTest::Match(MatchValue::Keyword(keyword))) => {
@@ -439,6 +459,30 @@ impl PayloadIndex {
             Condition::Field(field) => self.fields.get(&field.key)?.lookup(&field.test),
             _ => None,
         }
+    }
+
+    /// Whether the indexes decide `condition` without reading payloads (but those of
+    /// the few points an index could not file): what the resolver does first.
+    pub fn answers(&self, condition: &Condition) -> bool {
+        match condition {
+            Condition::HasId(_) => true,
+            Condition::IsEmpty(key) => self.fields.contains_key(key),
+            Condition::Field(field) => self
+                .fields
+                .get(&field.key)
+                .is_some_and(|index| index.answers(&field.test)),
+            Condition::Filter(nested) => self.answers_all(nested),
+        }
+    }
+
+    /// [`PayloadIndex::answers`] for every condition of `filter`.
+    pub fn answers_all(&self, filter: &Filter) -> bool {
+        filter
+            .must
+            .iter()
+            .chain(&filter.should)
+            .chain(&filter.must_not)
+            .all(|condition| self.answers(condition))
     }
 
     /// The points holding some value under an indexed `key`.

@@ -38,8 +38,7 @@ struct Resolver<'a> {
 fn cost(condition: &Condition, index: &PayloadIndex) -> u8 {
     match condition {
         Condition::HasId(_) => 0,
-        Condition::Field(_) if index.lookup(condition).is_some() => 1,
-        Condition::IsEmpty(key) if index.present(key).is_some() => 1,
+        Condition::Field(_) | Condition::IsEmpty(_) if index.answers(condition) => 1,
         Condition::Filter(_) => 2,
         _ => 3,
     }
