@@ -128,12 +128,7 @@ pub fn filter(
 
 /// A payload index key: a dotted path of non-empty steps, at most 256 bytes.
 pub fn payload_index_key(key: &str) -> Result<()> {
-    let probe = quiver_payload::Filter {
-        must: vec![quiver_payload::Condition::IsEmpty(key.to_string())],
-        ..Default::default()
-    };
-    probe
-        .validate(&quiver_payload::PayloadSchema::default())
+    quiver_payload::validate_key("key", key)
         .map_err(|error| Error::InvalidArgument(format!("key: {}", error.message)))
 }
 

@@ -179,7 +179,9 @@ impl Filter {
     }
 }
 
-fn validate_key(path: &str, key: &str) -> Result<()> {
+/// A key: a dotted path of non-empty steps, at most [`MAX_KEY_BYTES`]; `path` names it in
+/// the error.
+pub fn validate_key(path: &str, key: &str) -> Result<()> {
     if key.is_empty() {
         return Err(FilterError::at(path, "the key is empty"));
     }

@@ -21,7 +21,9 @@ pub mod resolve;
 mod schema;
 
 pub use error::{FilterError, Result};
-pub use filter::{Condition, FieldCondition, FieldTest, Filter, MatchAny, MatchValue, Range};
+pub use filter::{
+    validate_key, Condition, FieldCondition, FieldTest, Filter, MatchAny, MatchValue, Range,
+};
 pub use index::PayloadIndex;
 pub use resolve::{resolve, PointSource};
 pub use roaring::RoaringTreemap;
