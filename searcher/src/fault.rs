@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use crate::{
     error::{Error, Result},
     point::PointData,
+    replica::ScrollPage,
     replication::PullOutcome,
     service::{
         ExportedSnapshot, ReplicaReport, SearcherService, ShardScroll, ShardSearch,
@@ -168,7 +169,7 @@ impl SearcherService for FaultInjecting {
         self.inner.count(collection, shards, filter).await
     }
 
-    async fn scroll(&self, request: ShardScroll) -> Result<Vec<PointData>> {
+    async fn scroll(&self, request: ShardScroll) -> Result<ScrollPage> {
         self.inner.scroll(request).await
     }
 
@@ -296,8 +297,8 @@ mod tests {
         ) -> Vec<(u32, Result<u64>)> {
             shards.into_iter().map(|shard| (shard, Ok(0))).collect()
         }
-        async fn scroll(&self, _: ShardScroll) -> Result<Vec<PointData>> {
-            Ok(Vec::new())
+        async fn scroll(&self, _: ShardScroll) -> Result<ScrollPage> {
+            Ok(ScrollPage::default())
         }
         async fn replica_status(&self, _: Option<&str>) -> Vec<ReplicaReport> {
             Vec::new()

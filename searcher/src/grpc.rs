@@ -480,7 +480,7 @@ impl Searcher for SearcherGrpc {
         let result = async move {
             let request = request.into_inner();
             let filter = filter_from_proto(request.filter.as_ref())?;
-            let points = self
+            let page = self
                 .service
                 .scroll(ShardScroll {
                     collection: request.collection,
@@ -493,7 +493,8 @@ impl Searcher for SearcherGrpc {
                 })
                 .await?;
             Ok(Response::new(ShardScrollResponse {
-                points: points.into_iter().map(point_to_proto).collect(),
+                points: page.points.into_iter().map(point_to_proto).collect(),
+                end: page.end,
             }))
         }
         .await;

@@ -53,6 +53,8 @@ pub struct Reconciler {
     replicator: Arc<Replicator>,
     /// The follow or recovery task of each replica, whichever its role needs.
     tasks: HashMap<(String, u32), (TaskKind, JoinHandle<()>)>,
+    /// The payload index builds in progress (one task for all replicas), if any.
+    payload_builds: Option<JoinHandle<()>>,
     drain_grace: Duration,
 }
 
@@ -85,6 +87,7 @@ impl Reconciler {
             open_failures: HashMap::new(),
             replicator,
             tasks: HashMap::new(),
+            payload_builds: None,
             drain_grace,
         }
     }
@@ -172,7 +175,7 @@ impl Reconciler {
         }
 
         self.follow_roles(state);
-        self.build_payload_indexes(state).await;
+        self.build_payload_indexes(state);
         // A pass may change what a record says (a primary ready for writes in a new epoch,
         // say): have the publisher look.
         self.node.writes_applied().notify_one();
@@ -240,31 +243,40 @@ impl Reconciler {
     }
 
     /// Gives every open replica the payload indexes its collection declares, building the
-    /// missing ones from the stored payloads on the blocking pool. A replica without its
-    /// indexes yet still answers filters exactly (from payloads), so nothing waits for this.
-    async fn build_payload_indexes(&self, state: &ClusterState) {
-        for ((collection, shard), hosted) in self.node.hosted() {
-            let (Some(replica), Some(record)) =
-                (hosted.replica, state.collections.get(&collection))
-            else {
-                continue;
-            };
-            let declared = PayloadSchema::from_specs(&record.payload_indexes);
-            if replica.payload_schema() == declared {
-                continue;
-            }
-            let built =
-                tokio::task::spawn_blocking(move || replica.set_payload_schema(&declared)).await;
-            match built {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => {
-                    tracing::warn!(%collection, shard, %error, "could not build payload indexes")
-                }
-                Err(error) => {
-                    tracing::warn!(%collection, shard, %error, "payload index build task failed")
-                }
-            }
+    /// missing ones from the stored payloads in one task on the blocking pool, apart from
+    /// the pass: a replica without its indexes yet answers filters exactly (from payloads),
+    /// so nothing waits for them. A pass while builds run leaves them be; the next one
+    /// after looks again.
+    fn build_payload_indexes(&mut self, state: &ClusterState) {
+        if self
+            .payload_builds
+            .as_ref()
+            .is_some_and(|builds| !builds.is_finished())
+        {
+            return;
         }
+        let wanted: Vec<_> = self
+            .node
+            .hosted()
+            .into_iter()
+            .filter_map(|((collection, shard), hosted)| {
+                let record = state.collections.get(&collection)?;
+                let declared = PayloadSchema::from_specs(&record.payload_indexes);
+                Some((collection, shard, hosted.replica?, declared))
+            })
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        // Each replica compares its schema under its own lock, which a write may hold for
+        // a while: on the blocking pool too.
+        self.payload_builds = Some(tokio::task::spawn_blocking(move || {
+            for (collection, shard, replica, declared) in wanted {
+                if let Err(error) = replica.set_payload_schema(&declared) {
+                    tracing::warn!(%collection, shard, %error, "could not build payload indexes");
+                }
+            }
+        }));
     }
 
     async fn open(&mut self, key: (String, u32), config: ReplicaConfig) {

@@ -12,12 +12,12 @@ use quiver_cluster::{ReplicaPhase, ReplicaRole};
 use quiver_index::{filtered::Plan, merge_top_k, Neighbor, SearchParams};
 use quiver_payload::Filter;
 use quiver_proto::v1::PullLogRequest;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::{
     error::{Error, Result},
     point::{Hit, PointData},
-    replica::{Replica, ReplicaConfig, ReplicaCounters, SnapshotInfo},
+    replica::{Replica, ReplicaConfig, ReplicaCounters, ScrollPage, SnapshotInfo},
     replication::{self, PullOutcome, ShardState},
     wal::WalOptions,
 };
@@ -142,7 +142,7 @@ pub trait SearcherService: Send + Sync + 'static {
     ) -> Vec<(u32, Result<u64>)>;
     /// Up to `limit` of one shard's points that `filter` matches, in id order after
     /// `after` (see [`Replica::scroll`]).
-    async fn scroll(&self, request: ShardScroll) -> Result<Vec<PointData>>;
+    async fn scroll(&self, request: ShardScroll) -> Result<ScrollPage>;
     async fn replica_status(&self, collection: Option<&str>) -> Vec<ReplicaReport>;
     /// Records after the asker's applied sequence number (see [`replication::serve_pull`]).
     async fn pull_log(&self, request: PullLogRequest) -> Result<PullOutcome>;
@@ -336,6 +336,15 @@ impl SearcherNode {
 
     /// The replica if it is ACTIVE; errors name why not. A BOOTING replica is still
     /// replaying its log, so it takes neither reads nor writes yet.
+    /// One of the slots that cap concurrent searches, counts and scrolls at the number of
+    /// cores (each runs on the blocking pool).
+    async fn search_slot(&self) -> Result<OwnedSemaphorePermit> {
+        Arc::clone(&self.search_slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Internal("search slots closed".into()))
+    }
+
     fn active_replica(&self, collection: &str, shard: u32) -> Result<Arc<Replica>> {
         let replicas = self
             .replicas
@@ -470,10 +479,7 @@ impl SearcherService for SearcherNode {
                 plans: Vec::new(),
             });
         }
-        let slot = Arc::clone(&self.search_slots)
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::Internal("search slots closed".into()))?;
+        let slot = self.search_slot().await?;
         let exact_threshold = self.filter_exact_threshold;
         let mut outcome = blocking(move || {
             let _slot = slot;
@@ -501,17 +507,24 @@ impl SearcherService for SearcherNode {
         let target = Arc::clone(&replica);
         let shipping = Arc::clone(&state);
         let (record, affected, counters) = blocking(move || {
-            let (record, affected, counters) = match write.op {
-                WriteOp::Upsert(points) => target.upsert_as_primary(epoch, points)?,
-                WriteOp::Delete(ids) => target.delete_as_primary(epoch, ids)?,
+            let (records, affected, counters) = match write.op {
+                WriteOp::Upsert(points) => {
+                    let (record, affected, counters) = target.upsert_as_primary(epoch, points)?;
+                    (Vec::from_iter(record), affected, counters)
+                }
+                WriteOp::Delete(ids) => {
+                    let (record, affected, counters) = target.delete_as_primary(epoch, ids)?;
+                    (Vec::from_iter(record), affected, counters)
+                }
                 WriteOp::DeleteMatching(filter) => {
                     target.delete_matching_as_primary(epoch, &filter)?
                 }
             };
-            if let Some(record) = &record {
+            for record in &records {
                 shipping.log.push(record.clone());
             }
-            Ok((record, affected, counters))
+            // Followers apply in log order, so the quorum on the last record covers all.
+            Ok((records.into_iter().last(), affected, counters))
         })
         .await?;
         self.writes_applied.notify_one();
@@ -665,7 +678,12 @@ impl SearcherService for SearcherNode {
             }
         }
         if !replicas.is_empty() {
+            let slot = match self.search_slot().await {
+                Ok(slot) => slot,
+                Err(error) => return vec![(u32::MAX, Err(error))],
+            };
             let counted = blocking(move || {
+                let _slot = slot;
                 Ok(replicas
                     .into_iter()
                     .map(|(shard, replica)| (shard, replica.count(filter.as_ref())))
@@ -681,9 +699,11 @@ impl SearcherService for SearcherNode {
         counts
     }
 
-    async fn scroll(&self, request: ShardScroll) -> Result<Vec<PointData>> {
+    async fn scroll(&self, request: ShardScroll) -> Result<ScrollPage> {
         let replica = self.active_replica(&request.collection, request.shard)?;
+        let slot = self.search_slot().await?;
         blocking(move || {
+            let _slot = slot;
             replica.scroll(
                 request.filter.as_ref(),
                 &request.after,

@@ -18,6 +18,13 @@ use crate::{
 pub const DEFAULT_SCROLL_LIMIT: u32 = 100;
 pub const MAX_SCROLL_LIMIT: u32 = 10_000;
 const TOKEN_VERSION: &str = "q1";
+/// Where a page stops gathering from further shards: each Searcher's page stops at 16 MiB
+/// too, so a reply stays under the 64 MiB a message may hold.
+const PAGE_BYTES: usize = 16 << 20;
+
+fn point_bytes(point: &quiver_proto::v1::Point) -> usize {
+    point.id.len() + point.vector.len() * size_of::<f32>() + point.payload_json.len()
+}
 
 /// Where a scroll resumes: the shard, and the last id returned from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +103,7 @@ impl Merger {
         );
         let rotation = self.next_rotation();
         let mut points = Vec::with_capacity(limit);
+        let mut bytes = 0;
         while cursor.shard < collection.num_shards && points.len() < limit {
             let wanted = limit - points.len();
             let shard = cursor.shard;
@@ -119,11 +127,7 @@ impl Merger {
                     });
                     call.set_timeout(budget);
                     quiver_cluster::request_id::attach(&mut call);
-                    async move {
-                        with_deadline(budget, client.scroll(call))
-                            .await
-                            .map(|response| response.points)
-                    }
+                    async move { with_deadline(budget, client.scroll(call)).await }
                 },
             )
             .await
@@ -139,16 +143,21 @@ impl Merger {
                     failure.message
                 ),
             })?;
-            let exhausted = page.len() < wanted;
-            if let Some(last) = page.last() {
+            // A Searcher that does not say `end` is done when it returns nothing.
+            let exhausted = page.end || page.points.is_empty();
+            if let Some(last) = page.points.last() {
                 cursor.after = last.id.clone();
             }
-            points.extend(page);
+            bytes += page.points.iter().map(point_bytes).sum::<usize>();
+            points.extend(page.points);
             if exhausted {
                 cursor = Cursor {
                     shard: cursor.shard + 1,
                     after: String::new(),
                 };
+            }
+            if bytes >= PAGE_BYTES {
+                break;
             }
         }
         let next_page_token = if cursor.shard < collection.num_shards {

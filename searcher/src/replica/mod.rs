@@ -21,7 +21,7 @@
 
 mod query;
 
-pub use query::FilteredSearch;
+pub use query::{FilteredSearch, ScrollPage, SCROLL_PAGE_BYTES};
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -616,18 +616,7 @@ impl Replica {
         for block in queries.chunks(dimension * SEARCH_BLOCK_QUERIES) {
             let data = self.read_data()?;
             for neighbors in data.index.search_batch(block, k, params)? {
-                results.push(
-                    neighbors
-                        .into_iter()
-                        .filter_map(|neighbor| {
-                            let point = data.points.get(&neighbor.id)?;
-                            Some(Neighbor {
-                                id: point.id.clone(),
-                                score: neighbor.score,
-                            })
-                        })
-                        .collect(),
-                );
+                results.push(query::named(&data, neighbors));
             }
         }
         Ok(results)
