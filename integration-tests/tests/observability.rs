@@ -228,6 +228,16 @@ async fn metrics_exist_from_the_start_and_count_exactly() {
             value(&page, "quiver_searcher_replica_index_memory_bytes", &labels) > 0.0,
             "index memory of shard {shard}"
         );
+        // The collection declares no payload index.
+        assert_eq!(
+            value(
+                &page,
+                "quiver_searcher_replica_payload_index_memory_bytes",
+                &labels
+            ),
+            0.0,
+            "payload index memory of shard {shard}"
+        );
         assert_eq!(
             value(
                 &page,

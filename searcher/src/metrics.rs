@@ -56,6 +56,16 @@ static REPLICA_INDEX_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+static REPLICA_PAYLOAD_INDEX_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "quiver_searcher_replica_payload_index_memory_bytes",
+        "Bytes of memory each hosted replica's payload indexes hold (posting lists; an \
+         estimate from their serialized sizes).",
+        &["collection", "shard"]
+    )
+    .expect("metric registers once")
+});
+
 static REPLICA_STATE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "quiver_searcher_replica_state",
@@ -129,6 +139,12 @@ pub fn set_replica_index_bytes(collection: &str, shard: u32, bytes: usize) {
         .set(bytes as i64);
 }
 
+pub fn set_replica_payload_index_bytes(collection: &str, shard: u32, bytes: usize) {
+    REPLICA_PAYLOAD_INDEX_BYTES
+        .with_label_values(&[collection, &shard.to_string()])
+        .set(bytes as i64);
+}
+
 /// Records the state and role just published for a replica (its latency series is created
 /// with it, empty).
 pub fn set_replica_state(
@@ -161,6 +177,7 @@ pub fn forget_replica(collection: &str, shard: u32) {
     let shard_label = shard.to_string();
     let _ = REPLICA_POINTS.remove_label_values(&[collection, &shard_label]);
     let _ = REPLICA_INDEX_BYTES.remove_label_values(&[collection, &shard_label]);
+    let _ = REPLICA_PAYLOAD_INDEX_BYTES.remove_label_values(&[collection, &shard_label]);
     let _ = SHARD_SEARCH_SECONDS.remove_label_values(&[collection, &shard_label]);
     let published = PUBLISHED_STATES
         .lock()

@@ -206,6 +206,9 @@ impl StatusPublisher {
             if let Some(bytes) = replica.index_memory_bytes() {
                 crate::metrics::set_replica_index_bytes(&key.0, key.1, bytes);
             }
+            if let Some(bytes) = replica.payload_index_memory_bytes() {
+                crate::metrics::set_replica_payload_index_bytes(&key.0, key.1, bytes);
+            }
             pending.push(self.record(&key, Status::Phase(hosted.phase, counters)));
         }
         self.write(pending).await
