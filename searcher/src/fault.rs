@@ -21,13 +21,12 @@ use crate::{
     error::{Error, Result},
     point::PointData,
     replica::ScrollPage,
-    replication::PullOutcome,
+    replication::{PullOutcome, PullRequest},
     service::{
         ExportedSnapshot, ReplicaReport, SearcherService, ShardScroll, ShardSearch,
         ShardSearchOutcome, ShardWrite, ShardWriteOutcome,
     },
 };
-use quiver_proto::v1::PullLogRequest;
 
 /// Which faults to inject into search calls. The default injects none.
 #[derive(Debug, Clone, PartialEq)]
@@ -177,7 +176,7 @@ impl SearcherService for FaultInjecting {
         self.inner.replica_status(collection).await
     }
 
-    async fn pull_log(&self, request: PullLogRequest) -> Result<PullOutcome> {
+    async fn pull_log(&self, request: PullRequest) -> Result<PullOutcome> {
         self.inner.pull_log(request).await
     }
 
@@ -270,7 +269,7 @@ mod tests {
                 write_quorum: write.write_quorum,
             })
         }
-        async fn pull_log(&self, _: PullLogRequest) -> Result<PullOutcome> {
+        async fn pull_log(&self, _: PullRequest) -> Result<PullOutcome> {
             Ok(PullOutcome::default())
         }
         async fn fence(&self, _: &str, _: u32, _: u64) -> Result<(u64, u64)> {

@@ -228,7 +228,12 @@ impl Searcher for SearcherGrpc {
         &self,
         request: Request<v1::PullLogRequest>,
     ) -> Result<Response<v1::PullLogResponse>, Status> {
-        let outcome = self.service.pull_log(request.into_inner()).await?;
+        let outcome = self
+            .service
+            .pull_log(crate::replication::pull_request_from_proto(
+                request.into_inner(),
+            ))
+            .await?;
         Ok(Response::new(v1::PullLogResponse {
             records: outcome
                 .records

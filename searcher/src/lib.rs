@@ -1,11 +1,13 @@
 //! The Quiver Searcher: hosts shard replicas and answers the internal Searcher API.
 //!
 //! - [`replica`]: one replica's index, ids, payloads and durable files ([`wal`]).
-//! - [`service`]: the [`service::SearcherService`] trait and [`service::SearcherNode`].
+//! - [`service`]: the [`service::SearcherService`] trait and the domain types it speaks.
+//! - [`node`]: [`node::SearcherNode`], which implements it over the replicas hosted here.
 //! - [`grpc`]: the thin gRPC adapter.
 //! - [`reconcile`]: follows the assignments in etcd, opening and closing replicas.
 //! - [`status`]: publishes every hosted replica's status record to etcd.
-//! - [`replication`]: primary → follower log shipping, fencing, recovery, snapshot copy.
+//! - [`replication`]: primary → follower log shipping, fencing, recovery, snapshot copy;
+//!   it sees the node only through [`replication::ReplicaHost`].
 //! - [`server`]: wires one process together. [`readiness`]: when it is ready for traffic.
 //! - [`metrics`]: the Prometheus metrics served at `/metrics`.
 //! - [`fault`]: test-only fault injection (slow or failing searches, replicas held BOOTING).
@@ -14,6 +16,7 @@ pub mod error;
 pub mod fault;
 pub mod grpc;
 pub mod metrics;
+pub mod node;
 pub mod point;
 pub mod readiness;
 pub mod reconcile;

@@ -30,9 +30,9 @@ use tokio::sync::watch;
 
 use crate::{
     error::Error,
+    node::{Hosted, SearcherNode},
     replica::{Replica, ReplicaConfig, ReplicaCounters},
     replication::{PeerClients, QuorumMembers, Replicator},
-    service::{Hosted, SearcherNode},
     status::{Status, StatusHandle},
 };
 use quiver_cluster::ReplicaRole;
@@ -74,7 +74,7 @@ impl Reconciler {
         drain_grace: Duration,
     ) -> Reconciler {
         let replicator = Arc::new(Replicator {
-            node: Arc::clone(&node),
+            host: Arc::clone(&node) as _,
             view: view.clone(),
             peers: Arc::new(PeerClients::default()),
         });

@@ -23,8 +23,8 @@ use crate::{
     error::{Error, Result},
     fault::{FaultConfig, FaultInjecting},
     grpc::SearcherGrpc,
+    node::SearcherNode,
     reconcile::Reconciler,
-    service::SearcherNode,
     status::StatusPublisher,
     wal::{WalOptions, WalSync},
 };

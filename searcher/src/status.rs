@@ -22,7 +22,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{replica::ReplicaCounters, replication::ShardState, service::SearcherNode};
+use crate::{node::SearcherNode, replica::ReplicaCounters, replication::ShardState};
 
 /// Writes within this window share one status update.
 pub const COUNTER_PUBLISH_DELAY: Duration = Duration::from_millis(100);
@@ -400,7 +400,7 @@ mod tests {
     fn node(dir: &std::path::Path) -> Arc<SearcherNode> {
         let node = SearcherNode::new("s1".into(), dir.to_path_buf());
         for shard in 0..2 {
-            crate::service::tests::host_primary(&node, shard, &["s1"]);
+            crate::node::test_support::host_primary(&node, shard, &["s1"]);
         }
         Arc::new(node)
     }
