@@ -16,7 +16,7 @@ use quiver_cluster::{
     ClusterView, EtcdStore, KeySchema, MetadataStore, Registration,
 };
 use quiver_proto::v1::searcher_server::SearcherServer;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic::transport::server::TcpIncoming;
 
 use crate::{
@@ -64,20 +64,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Storage {
-        path: config.data_dir.display().to_string(),
-        source,
-    })?;
-    // Two processes on one data dir would corrupt each other's logs; the lock also lets a
-    // restart take over the previous process's lease without waiting for it to expire.
-    let data_dir_lock = lock_data_dir(&config.data_dir)?;
-    sweep_trash(&config.data_dir);
-    let _ = std::fs::remove_dir_all(config.data_dir.join("staging"));
-    let searcher_id = match &config.id {
-        Some(id) => id.clone(),
-        None => load_or_create_id(&config.data_dir)?,
-    };
-    quiver_cluster::keys::validate_name("searcher id", &searcher_id)?;
+    let (data_dir_lock, searcher_id) = prepare_data_dir(&config)?;
     config.faults.validate()?;
     let bound = listener
         .local_addr()
@@ -92,7 +79,99 @@ pub async fn run(
         SearcherNode::with_wal_options(searcher_id.clone(), config.data_dir.clone(), config.wal)
             .with_filter_exact_threshold(config.filter_exact_threshold),
     );
+    let server = serve_grpc(&config, &node, &searcher_id, listener).await?;
+    let lease_file = config.data_dir.join("lease");
+    let registration = register(
+        &store,
+        &schema,
+        &searcher_id,
+        &advertise_address,
+        &config,
+        &lease_file,
+    )
+    .await?;
+    let background = Background::start(
+        &config,
+        &node,
+        &store,
+        &view,
+        schema,
+        &registration,
+        &server.readiness,
+    );
+    // The ready file means "registered and serving" (what scripts and tests wait for);
+    // readiness (the named health service, `/ready`) also waits for every assigned replica
+    // to be ACTIVE, see `readiness`.
+    if let Some(ready_file) = &config.ready_file {
+        quiver_cluster::telemetry::write_ready_file(ready_file, &advertise_address).map_err(
+            |source| Error::Storage {
+                path: ready_file.display().to_string(),
+                source,
+            },
+        )?;
+    }
 
+    shutdown.await;
+    tracing::info!("searcher stopping");
+    background.stop(config.drain_grace, &server.readiness).await;
+    server.stop().await;
+    release_registration(registration).await;
+    let _ = std::fs::remove_file(&lease_file);
+    checkpoint_all(&node).await;
+    drop(data_dir_lock);
+    tracing::info!("searcher stopped");
+    Ok(())
+}
+
+/// Makes the data dir ready for this process: creates it, locks it, clears what a previous
+/// process left behind, and reads (or first writes) the Searcher's id. Answers the lock,
+/// held for the life of the process, and the id.
+fn prepare_data_dir(config: &SearcherConfig) -> Result<(std::fs::File, String)> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Storage {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    // Two processes on one data dir would corrupt each other's logs; the lock also lets a
+    // restart take over the previous process's lease without waiting for it to expire.
+    let data_dir_lock = lock_data_dir(&config.data_dir)?;
+    sweep_trash(&config.data_dir);
+    let _ = std::fs::remove_dir_all(config.data_dir.join("staging"));
+    let searcher_id = match &config.id {
+        Some(id) => id.clone(),
+        None => load_or_create_id(&config.data_dir)?,
+    };
+    quiver_cluster::keys::validate_name("searcher id", &searcher_id)?;
+    Ok((data_dir_lock, searcher_id))
+}
+
+/// The gRPC server task, and how to stop it.
+struct GrpcServer {
+    task: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+    stop: watch::Sender<bool>,
+    /// The named health service and `/ready`; NOT_SERVING until registered.
+    readiness: Readiness,
+}
+
+impl GrpcServer {
+    /// Lets in-flight requests finish and refuses new connections.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "grpc server ended with an error"),
+            Err(error) => tracing::warn!(%error, "grpc server task failed"),
+        }
+    }
+}
+
+/// Serves the Searcher API on `listener`, with the standard health and reflection services,
+/// `/metrics`, `/ready` and `/live`.
+async fn serve_grpc(
+    config: &SearcherConfig,
+    node: &Arc<SearcherNode>,
+    searcher_id: &str,
+    listener: TcpListener,
+) -> Result<GrpcServer> {
     crate::metrics::register_all();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let readiness = Readiness::new(
@@ -106,7 +185,7 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|error| Error::Internal(format!("reflection service: {error}")))?;
-    let mut service: Arc<dyn crate::service::SearcherService> = Arc::clone(&node) as _;
+    let mut service: Arc<dyn crate::service::SearcherService> = Arc::clone(node) as _;
     if config.faults.is_enabled() {
         tracing::warn!(
             delay_ms = config.faults.delay.as_millis() as u64,
@@ -116,12 +195,12 @@ pub async fn run(
         );
         service = Arc::new(FaultInjecting::new(service, &config.faults));
     }
-    let searcher_service = SearcherServer::new(SearcherGrpc::new(service, searcher_id.clone()))
+    let searcher_service = SearcherServer::new(SearcherGrpc::new(service, searcher_id.to_string()))
         .max_decoding_message_size(quiver_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(quiver_proto::MAX_MESSAGE_BYTES);
 
-    let (stop_server, mut server_stop_signal) = watch::channel(false);
-    let server = tokio::spawn(
+    let (stop, mut server_stop_signal) = watch::channel(false);
+    let task = tokio::spawn(
         tonic::transport::Server::builder()
             .layer(tower::util::MapResponseLayer::new(
                 quiver_proto::oversized_message_as_resource_exhausted,
@@ -147,10 +226,26 @@ pub async fn run(
                 },
             ),
     );
+    Ok(GrpcServer {
+        task,
+        stop,
+        readiness,
+    })
+}
 
+/// Registers this Searcher in etcd under a lease, taking over the lease a previous process
+/// on this data dir left in `lease_file`, and remembers the new one there.
+async fn register(
+    store: &Arc<dyn MetadataStore>,
+    schema: &KeySchema,
+    searcher_id: &str,
+    advertise_address: &str,
+    config: &SearcherConfig,
+    lease_file: &Path,
+) -> Result<Arc<Registration>> {
     let record = SearcherRecord {
-        id: searcher_id.clone(),
-        address: advertise_address.clone(),
+        id: searcher_id.to_string(),
+        address: advertise_address.to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         started_at: now_rfc3339(),
         capacity: Capacity {
@@ -160,13 +255,12 @@ pub async fn run(
             memory_bytes: total_memory_bytes(),
         },
     };
-    let lease_file = config.data_dir.join("lease");
-    let previous_lease = std::fs::read_to_string(&lease_file)
+    let previous_lease = std::fs::read_to_string(lease_file)
         .ok()
         .and_then(|text| text.trim().parse::<i64>().ok());
     let registration = Arc::new(
         Registration::register(
-            Arc::clone(&store),
+            Arc::clone(store),
             schema.clone(),
             record,
             config.lease_ttl,
@@ -174,75 +268,15 @@ pub async fn run(
         )
         .await?,
     );
-    if let Err(error) = std::fs::write(&lease_file, format!("{}\n", registration.lease_id())) {
+    if let Err(error) = std::fs::write(lease_file, format!("{}\n", registration.lease_id())) {
         tracing::warn!(%error, "could not remember the lease; a restart will wait for it to expire");
     }
     tracing::info!(searcher_id = %searcher_id, address = %advertise_address, "searcher registered");
+    Ok(registration)
+}
 
-    let (stop_reconciler, reconciler_stop_signal) = watch::channel(false);
-    let readiness_follower = tokio::spawn(crate::readiness::follow(
-        view.clone(),
-        searcher_id.clone(),
-        readiness.clone(),
-        reconciler_stop_signal.clone(),
-    ));
-    let (publisher, status) = StatusPublisher::new(
-        Arc::clone(&node),
-        view.clone(),
-        Arc::clone(&registration),
-        schema.clone(),
-        config.faults.boot_gate.clone(),
-    );
-    let publisher = tokio::spawn(publisher.run());
-    let reconciler = tokio::spawn(
-        Reconciler::new(
-            Arc::clone(&node),
-            Arc::clone(&store),
-            view.clone(),
-            status,
-            schema,
-            config.drain_grace,
-        )
-        .run(reconciler_stop_signal),
-    );
-    let log_syncer = match config.wal.sync {
-        WalSync::Interval(period) => Some(tokio::spawn(sync_logs_every(Arc::clone(&node), period))),
-        _ => None,
-    };
-    // The ready file means "registered and serving" (what scripts and tests wait for);
-    // readiness (the named health service, `/ready`) also waits for every assigned replica
-    // to be ACTIVE, see `readiness`.
-    if let Some(ready_file) = &config.ready_file {
-        quiver_cluster::telemetry::write_ready_file(ready_file, &advertise_address).map_err(
-            |source| Error::Storage {
-                path: ready_file.display().to_string(),
-                source,
-            },
-        )?;
-    }
-
-    shutdown.await;
-    tracing::info!("searcher stopping");
-    let _ = stop_reconciler.send(true);
-    let _ = readiness_follower.await;
-    readiness.set(false, "stopping").await;
-    if let Ok(mut reconciler) = reconciler.await {
-        reconciler.drain_all().await;
-        drop(reconciler);
-        tokio::time::sleep(config.drain_grace).await;
-    }
-    // Its last handle went with the reconciler: it stops, and lets go of the registration.
-    let _ = publisher.await;
-    if let Some(syncer) = log_syncer {
-        syncer.abort();
-    }
-    // In-flight requests finish; new connections are refused.
-    let _ = stop_server.send(true);
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::warn!(%error, "grpc server ended with an error"),
-        Err(error) => tracing::warn!(%error, "grpc server task failed"),
-    }
+/// Revokes the lease, so this Searcher's keys vanish at once.
+async fn release_registration(registration: Arc<Registration>) {
     match Arc::try_unwrap(registration) {
         Ok(registration) => {
             if let Err(error) = registration.shutdown().await {
@@ -251,11 +285,88 @@ pub async fn run(
         }
         Err(_) => tracing::warn!("registration still shared at stop; keys expire with the lease"),
     }
-    let _ = std::fs::remove_file(&lease_file);
-    checkpoint_all(&node).await;
-    drop(data_dir_lock);
-    tracing::info!("searcher stopped");
-    Ok(())
+}
+
+/// The tasks that run beside the server while the Searcher is registered.
+struct Background {
+    stop_reconciler: watch::Sender<bool>,
+    readiness_follower: JoinHandle<()>,
+    publisher: JoinHandle<()>,
+    reconciler: JoinHandle<Reconciler>,
+    log_syncer: Option<JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts readiness, the status publisher, the reconciler and, with the `interval` log
+    /// policy, the log syncer.
+    fn start(
+        config: &SearcherConfig,
+        node: &Arc<SearcherNode>,
+        store: &Arc<dyn MetadataStore>,
+        view: &ClusterView,
+        schema: KeySchema,
+        registration: &Arc<Registration>,
+        readiness: &Readiness,
+    ) -> Background {
+        let searcher_id = node.id().to_string();
+        let (stop_reconciler, reconciler_stop_signal) = watch::channel(false);
+        let readiness_follower = tokio::spawn(crate::readiness::follow(
+            view.clone(),
+            searcher_id,
+            readiness.clone(),
+            reconciler_stop_signal.clone(),
+        ));
+        let (publisher, status) = StatusPublisher::new(
+            Arc::clone(node),
+            view.clone(),
+            Arc::clone(registration),
+            schema.clone(),
+            config.faults.boot_gate.clone(),
+        );
+        let publisher = tokio::spawn(publisher.run());
+        let reconciler = tokio::spawn(
+            Reconciler::new(
+                Arc::clone(node),
+                Arc::clone(store),
+                view.clone(),
+                status,
+                schema,
+                config.drain_grace,
+            )
+            .run(reconciler_stop_signal),
+        );
+        let log_syncer = match config.wal.sync {
+            WalSync::Interval(period) => {
+                Some(tokio::spawn(sync_logs_every(Arc::clone(node), period)))
+            }
+            _ => None,
+        };
+        Background {
+            stop_reconciler,
+            readiness_follower,
+            publisher,
+            reconciler,
+            log_syncer,
+        }
+    }
+
+    /// Reports NOT_SERVING, drains every replica and waits out the drain grace, then stops
+    /// the status publisher (which lets go of the registration) and the log syncer.
+    async fn stop(self, drain_grace: Duration, readiness: &Readiness) {
+        let _ = self.stop_reconciler.send(true);
+        let _ = self.readiness_follower.await;
+        readiness.set(false, "stopping").await;
+        if let Ok(mut reconciler) = self.reconciler.await {
+            reconciler.drain_all().await;
+            drop(reconciler);
+            tokio::time::sleep(drain_grace).await;
+        }
+        // Its last handle went with the reconciler: it stops, and lets go of the registration.
+        let _ = self.publisher.await;
+        if let Some(syncer) = self.log_syncer {
+            syncer.abort();
+        }
+    }
 }
 
 /// Fsyncs every replica's log each `period` (the `interval` log policy).
