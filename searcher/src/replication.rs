@@ -38,7 +38,7 @@ use crate::{
     point::PointData,
     replica::{storage, EpochHistory, Replica, ReplicaConfig, SnapshotInfo},
     service::SearcherNode,
-    wal::{WalOp, WalRecord},
+    storage::wal::{WalOp, WalRecord},
 };
 
 /// Records kept in memory for followers; older ones are read back from the log on disk.

@@ -26,7 +26,7 @@ use crate::{
     reconcile::Reconciler,
     service::SearcherNode,
     status::StatusPublisher,
-    wal::{WalOptions, WalSync},
+    storage::wal::{WalOptions, WalSync},
 };
 
 #[derive(Debug, Clone)]

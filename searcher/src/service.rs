@@ -19,7 +19,7 @@ use crate::{
     point::{Hit, PointData},
     replica::{Replica, ReplicaConfig, ReplicaCounters, ScrollPage, SnapshotInfo},
     replication::{self, PullOutcome, ShardState},
-    wal::WalOptions,
+    storage::wal::WalOptions,
 };
 
 /// A write for one shard, sent to its primary.
