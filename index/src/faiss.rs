@@ -48,7 +48,6 @@ use faiss_sys::{
 };
 
 use crate::{
-    crc32::Crc32,
     persist::{Reader, Writer},
     spec::FaissSpec,
     validate::{prepare_batch, prepare_query},
@@ -527,8 +526,7 @@ impl VectorIndex for FaissIndex {
         }
         let index_bytes = fs::read(&index_path)?;
         fs::File::open(&index_path)?.sync_all()?;
-        let mut crc = Crc32::new();
-        crc.update(&index_bytes);
+        let index_crc = crc32fast::hash(&index_bytes);
 
         let populated = self.read().populated;
         let mut writer = Writer::create(dir, META_FILE, &MAGIC, FORMAT_VERSION)?;
@@ -540,7 +538,7 @@ impl VectorIndex for FaissIndex {
         writer.bytes(self.spec.params.as_bytes())?;
         writer.u64(generation)?;
         writer.len(index_bytes.len())?;
-        writer.u32(crc.finish())?;
+        writer.u32(index_crc)?;
         writer.u8(u8::from(populated))?;
         writer.len(self.train_at)?;
         writer.len(self.slot_ids.len())?;
@@ -613,9 +611,7 @@ impl FaissIndex {
 
         let index_path = dir.join(format!("faiss-{generation}.index"));
         let index_bytes = fs::read(&index_path)?;
-        let mut crc = Crc32::new();
-        crc.update(&index_bytes);
-        if index_bytes.len() != index_len || crc.finish() != index_crc {
+        if index_bytes.len() != index_len || crc32fast::hash(&index_bytes) != index_crc {
             return Err(corrupt(format!(
                 "{} does not match the checksum recorded for it",
                 index_path.display()

@@ -13,7 +13,6 @@
 //! - [`dataset`]: readers for the `.fvecs`/`.ivecs` benchmark formats.
 
 mod allow;
-mod crc32;
 pub mod dataset;
 pub mod distance;
 mod error;

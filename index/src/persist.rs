@@ -1,7 +1,8 @@
 //! The one file format every native index saves in.
 //!
 //! A save file is: an 8-byte magic naming the index kind, a `u32` format version, the
-//! index's own fields (little-endian), and a CRC-32 of every byte before it. Files are
+//! index's own fields (little-endian), and a CRC-32 (IEEE, as zlib, gzip and PNG compute it,
+//! by `crc32fast`) of every byte before it. Files are
 //! written to `<name>.tmp`, fsynced, renamed over `<name>` and the directory fsynced, so a
 //! crash leaves either the old save or the new one, never a mix.
 //!
@@ -14,7 +15,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{crc32::Crc32, Error, Metric, Result};
+use crc32fast::Hasher as Crc32;
+
+use crate::{Error, Metric, Result};
 
 const CHECKSUM_LEN: u64 = 4;
 /// Values encoded or decoded per I/O call.
@@ -110,7 +113,7 @@ impl Writer {
 
     /// Appends the checksum and makes the file the current save, durably.
     pub(crate) fn commit(mut self) -> Result<()> {
-        let checksum = self.crc.finish();
+        let checksum = self.crc.finalize();
         self.inner.write_all(&checksum.to_le_bytes())?;
         let file = self
             .inner
@@ -286,7 +289,7 @@ impl Reader {
                 self.remaining
             )));
         }
-        let computed = self.crc.finish();
+        let computed = self.crc.clone().finalize();
         let mut stored = [0u8; CHECKSUM_LEN as usize];
         self.inner
             .read_exact(&mut stored)
@@ -378,6 +381,81 @@ mod tests {
         reader.u64s(1).unwrap();
         let error = reader.finish().unwrap_err().to_string();
         assert!(error.contains("checksum mismatch"), "{error}");
+    }
+
+    /// The CRC-32 of `bytes` in one call.
+    fn checksum(bytes: &[u8]) -> u32 {
+        crc32fast::hash(bytes)
+    }
+
+    /// The textbook bit-at-a-time CRC-32/IEEE (reflected polynomial `0xEDB88320`), to check
+    /// the library against the definition earlier saves were written with.
+    fn bitwise_reference(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &byte in bytes {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn matches_the_standard_check_values() {
+        assert_eq!(checksum(b""), 0);
+        assert_eq!(checksum(b"123456789"), 0xCBF4_3926);
+        assert_eq!(
+            checksum(b"The quick brown fox jumps over the lazy dog"),
+            0x414F_A339
+        );
+    }
+
+    #[test]
+    fn matches_the_bitwise_definition_for_any_split() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for len in 0..100 {
+            let bytes: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            let expected = bitwise_reference(&bytes);
+            assert_eq!(checksum(&bytes), expected, "length {len}");
+            let split = rng.gen_range(0..=len);
+            let mut crc = Crc32::new();
+            crc.update(&bytes[..split]);
+            crc.update(&bytes[split..]);
+            assert_eq!(crc.finalize(), expected, "length {len} split at {split}");
+        }
+    }
+
+    /// `write_sample`'s file as the hand-written CRC-32 of earlier versions saved it: saves
+    /// on disk today must keep loading, and new saves must come out byte for byte the same.
+    const SAMPLE_SAVED_BEFORE: [u8; 53] = [
+        0x51, 0x56, 0x54, 0x45, 0x53, 0x54, 0x30, 0x31, 0x03, 0x00, 0x00, 0x00, 0x02, 0x03, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x80, 0x3f, 0x00, 0x00, 0x20, 0xc0, 0x00,
+        0x00, 0x50, 0x40, 0x07, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xdd, 0x65, 0x2c, 0xee,
+    ];
+
+    #[test]
+    fn a_file_saved_before_still_loads_and_saves_identically() {
+        let dir = tempfile::tempdir().unwrap();
+        write_sample(dir.path());
+        assert_eq!(
+            fs::read(dir.path().join("sample.bin")).unwrap(),
+            SAMPLE_SAVED_BEFORE
+        );
+        fs::write(dir.path().join("old.bin"), SAMPLE_SAVED_BEFORE).unwrap();
+        let mut reader = Reader::open(dir.path(), "old.bin", &MAGIC, 3).unwrap();
+        assert_eq!(reader.metric().unwrap(), Metric::Cosine);
+        let count = reader.len().unwrap();
+        assert_eq!(reader.f32s(count).unwrap(), vec![1.0, -2.5, 3.25]);
+        assert_eq!(reader.u32s(2).unwrap(), vec![7, 8]);
+        assert_eq!(reader.u64s(1).unwrap(), vec![u64::MAX]);
+        reader.finish().unwrap();
     }
 
     #[test]

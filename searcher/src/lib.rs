@@ -1,6 +1,8 @@
 //! The Quiver Searcher: hosts shard replicas and answers the internal Searcher API.
 //!
-//! - [`replica`]: one replica's index, ids, payloads and durable files ([`wal`]).
+//! - [`replica`]: one replica's index, ids and payloads, and which durable files it keeps.
+//! - [`storage`]: how those files are written and read: the write-ahead log, `points.bin`,
+//!   `epochs.json` and the durable file operations, with one [`storage::StorageError`].
 //! - [`service`]: the [`service::SearcherService`] trait and the domain types it speaks.
 //! - [`node`]: [`node::SearcherNode`], which implements it over the replicas hosted here.
 //! - [`grpc`]: the thin gRPC adapter.
@@ -25,8 +27,8 @@ pub mod replication;
 pub mod server;
 pub mod service;
 pub mod status;
-pub mod wal;
+pub mod storage;
 
 pub use error::{Error, Result};
 pub use server::{run, SearcherConfig};
-pub use wal::{WalOptions, WalSync};
+pub use storage::wal::{WalOptions, WalSync};

@@ -26,7 +26,7 @@ use crate::{
     node::SearcherNode,
     reconcile::Reconciler,
     status::StatusPublisher,
-    wal::{WalOptions, WalSync},
+    storage::wal::{WalOptions, WalSync},
 };
 
 #[derive(Debug, Clone)]

@@ -36,7 +36,7 @@ use crate::{
         ExportedSnapshot, ReplicaReport, SearcherService, ShardScroll, ShardSearch,
         ShardSearchOutcome, ShardWrite, ShardWriteOutcome,
     },
-    wal::WalOptions,
+    storage::wal::WalOptions,
 };
 
 pub struct SearcherNode {

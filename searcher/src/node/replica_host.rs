@@ -9,7 +9,7 @@ use super::SearcherNode;
 use crate::{
     replica::{Replica, ReplicaConfig},
     replication::{ReplicaHost, ShardState},
-    wal::WalOptions,
+    storage::wal::WalOptions,
 };
 
 impl ReplicaHost for SearcherNode {

@@ -9,7 +9,7 @@ use crate::{
     replica::{Replica, ReplicaCounters},
     replication::ShardState,
     service::{ShardWrite, ShardWriteOutcome, WriteOp},
-    wal::WalRecord,
+    storage::wal::WalRecord,
 };
 
 /// How long a write may wait for its quorum when the caller set no deadline.

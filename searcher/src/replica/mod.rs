@@ -4,13 +4,18 @@
 //! Files under the replica's directory:
 //! - `replica.json`: which collection incarnation the files belong to; a mismatch (the
 //!   collection was dropped and re-created while this Searcher was away) discards them.
-//! - `wal/`: every acknowledged write since the last snapshot, in segments ([`crate::wal`]).
+//! - `wal/`: every acknowledged write since the last snapshot, in segments
+//!   ([`crate::storage::wal`]).
 //! - `snapshot/`: the index as [`VectorIndex::save`] wrote it plus `points.bin` (ids,
-//!   payloads, the sequence number and epoch the snapshot covers). Replaced atomically by
-//!   renaming a complete `snapshot.tmp/` into place; log segments it covers are deleted
-//!   only after that.
+//!   payloads, the sequence number and epoch the snapshot covers;
+//!   [`crate::storage::points`]). Replaced atomically by renaming a complete `snapshot.tmp/`
+//!   into place; log segments it covers are deleted only after that.
 //! - `epochs.json`: the replica's epoch history (where each primary epoch began in the
-//!   log) and the highest epoch it was fenced at; see [`EpochHistory`].
+//!   log) and the highest epoch it was fenced at; see [`EpochHistory`]
+//!   ([`crate::storage::epochs`]).
+//!
+//! The file formats and durable file operations are the storage layer's ([`crate::storage`]);
+//! this module decides which files a replica has and when they change.
 //!
 //! Payload indexes (`payload_index`) are kept in memory only: rebuilt from the stored
 //! payloads whenever the collection's declared indexes differ from what the replica holds,
@@ -25,8 +30,7 @@ pub use query::{FilteredSearch, ScrollPage, SCROLL_PAGE_BYTES};
 
 use std::{
     collections::{BTreeMap, HashMap},
-    fs,
-    io::{self, Write},
+    fs, io,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -41,17 +45,24 @@ use quiver_index::{
 use quiver_payload::{PayloadIndex, RoaringTreemap};
 use serde::{Deserialize, Serialize};
 
+pub use crate::storage::epochs::EpochHistory;
 use crate::{
     error::{Error, Result},
     point::PointData,
-    wal::{Cursor, Wal, WalOp, WalOptions, WalRecord},
+    storage::{
+        epochs::{read_epochs, write_epochs},
+        fs::{
+            create_dir_durably, link_tree, remove_dir_contents, remove_dir_if_exists, sync_dir,
+            write_file_atomically,
+        },
+        points::{read_points_file, write_points_file, PointsHeader},
+        wal::{Wal, WalOp, WalOptions, WalRecord},
+        StorageError,
+    },
 };
 
 /// The log is folded into a snapshot once it grows past this, bounding restart replay time.
 const CHECKPOINT_WAL_BYTES: u64 = 256 << 20;
-const POINTS_MAGIC: &[u8; 8] = b"QVPTS002";
-/// Snapshots written before records carried epochs; read as epoch 0.
-const POINTS_MAGIC_V1: &[u8; 8] = b"QVPTS001";
 /// Queries searched under one acquisition of the data lock.
 const SEARCH_BLOCK_QUERIES: usize = 32;
 
@@ -103,35 +114,6 @@ struct WalState {
     snapshot_seq: u64,
 }
 
-/// Where each primary epoch began in this replica's log, and the newest epoch it was fenced
-/// at. A follower whose last record is from epoch `e` at sequence `s` shares the primary's
-/// history only if `s` is at most where the primary's epoch `e` ended; past that its tail
-/// is a write an old primary never got acknowledged, and it must start over from a
-/// snapshot.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EpochHistory {
-    /// No record of an older epoch is accepted from a primary once fenced at this one.
-    pub fenced: u64,
-    /// `(epoch, first sequence number written in it)`, in increasing order.
-    pub starts: Vec<(u64, u64)>,
-}
-
-impl EpochHistory {
-    /// The newest epoch this replica led (or learned from a snapshot); 0 for none.
-    pub fn current(&self) -> u64 {
-        self.starts.last().map_or(0, |(epoch, _)| *epoch)
-    }
-
-    /// The last sequence number written in `epoch` by this history, given that the log
-    /// ends at `last_seq`: just before the next epoch's start.
-    pub fn end_of(&self, epoch: u64, last_seq: u64) -> u64 {
-        self.starts
-            .iter()
-            .find(|(started, _)| *started > epoch)
-            .map_or(last_seq, |(_, start)| start.saturating_sub(1))
-    }
-}
-
 /// What a snapshot copied to another replica covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotInfo {
@@ -174,7 +156,7 @@ impl Replica {
         wal_options: WalOptions,
     ) -> Result<Replica> {
         let index_spec: IndexSpec = config.index_spec.parse()?;
-        create_dir_all_durably(dir)?;
+        create_dir_durably(dir)?;
         prepare_directory(dir, &config)?;
 
         let snapshot_dir = dir.join("snapshot");
@@ -196,15 +178,12 @@ impl Replica {
 
         let wal_path = dir.join("wal");
         let (wal, records) =
-            Wal::open(&wal_path, wal_options, data.applied_seq).map_err(|source| {
-                if source.kind() == io::ErrorKind::InvalidData {
-                    Error::Corrupt {
-                        path: wal_path.display().to_string(),
-                        reason: source.to_string(),
-                    }
-                } else {
-                    storage(&wal_path, source)
-                }
+            Wal::open(&wal_path, wal_options, data.applied_seq).map_err(|error| match error {
+                StorageError::Corrupt { .. } => Error::Corrupt {
+                    path: wal_path.display().to_string(),
+                    reason: format!("write-ahead log {error}"),
+                },
+                other => wal_error(&wal_path, other),
             })?;
         // The log file may be new: its directory entry must be durable before any write
         // in it is acknowledged.
@@ -344,7 +323,7 @@ impl Replica {
         wal_state
             .wal
             .read_after(after_seq, max_records, max_bytes)
-            .map_err(|source| storage(&wal_dir, source))
+            .map_err(|error| wal_error(&wal_dir, error))
     }
 
     /// Writes a snapshot of everything applied so far (unless the current one already
@@ -385,22 +364,23 @@ impl Replica {
             });
         }
         drop(loaded);
-        create_dir_all_durably(dir)?;
+        create_dir_durably(dir)?;
         remove_dir_contents(dir)?;
         fs::rename(staged, dir.join("snapshot")).map_err(|source| storage(staged, source))?;
         let mut epochs = info.epochs.clone();
         epochs.fenced = epochs.fenced.max(epochs.current());
         write_epochs(dir, &epochs)?;
-        let (mut wal, _) = Wal::open(&dir.join("wal"), WalOptions::default(), info.applied_seq)
-            .map_err(|source| storage(&dir.join("wal"), source))?;
+        let wal_dir = dir.join("wal");
+        let (mut wal, _) = Wal::open(&wal_dir, WalOptions::default(), info.applied_seq)
+            .map_err(|error| wal_error(&wal_dir, error))?;
         wal.reset(info.applied_seq + 1)
-            .map_err(|source| storage(&dir.join("wal"), source))?;
+            .map_err(|error| wal_error(&wal_dir, error))?;
         drop(wal);
         // Written last: until replica.json is there, a crash leaves files that are discarded.
         let json = serde_json::to_vec_pretty(config)
             .map_err(|error| Error::Internal(format!("encoding replica.json: {error}")))?;
         write_file_atomically(&dir.join("replica.json"), &json)?;
-        sync_dir(dir)
+        Ok(sync_dir(dir)?)
     }
 
     fn lock_wal(&self) -> Result<MutexGuard<'_, WalState>> {
@@ -518,7 +498,7 @@ impl Replica {
         wal_state
             .wal
             .append(&record)
-            .map_err(|source| storage(&wal_dir, source))?;
+            .map_err(|error| wal_error(&wal_dir, error))?;
         wal_state.last_seq = record.seq;
         wal_state.last_epoch = record.epoch;
         let mut data = self.write_data()?;
@@ -554,7 +534,7 @@ impl Replica {
         wal_state
             .wal
             .sync()
-            .map_err(|source| storage(&wal_dir, source))
+            .map_err(|error| wal_error(&wal_dir, error))
     }
 
     /// Folds the log into a fresh snapshot (on graceful close and when the log is large).
@@ -576,7 +556,7 @@ impl Replica {
         {
             let data = self.read_data()?;
             data.index.save(&temporary.join("index"))?;
-            write_points_file(&temporary.join("points.bin"), &data)?;
+            write_points(&temporary.join("points.bin"), &data)?;
         }
         sync_dir(&temporary)?;
         remove_dir_if_exists(&previous)?;
@@ -592,7 +572,7 @@ impl Replica {
         wal_state
             .wal
             .compact(covered)
-            .map_err(|source| storage(&wal_dir, source))?;
+            .map_err(|error| wal_error(&wal_dir, error))?;
         tracing::info!(
             collection = %self.config.collection,
             shard = self.config.shard,
@@ -780,7 +760,7 @@ fn prepare_directory(dir: &Path, config: &ReplicaConfig) -> Result<()> {
     }
     let json = serde_json::to_vec_pretty(config)
         .map_err(|error| Error::Internal(format!("encoding replica.json: {error}")))?;
-    write_file_atomically(&identity_path, &json)
+    Ok(write_file_atomically(&identity_path, &json)?)
 }
 
 /// A crash between the two renames of a checkpoint leaves only `snapshot.old`; it is still
@@ -792,7 +772,7 @@ fn recover_interrupted_checkpoint(dir: &Path) -> Result<()> {
         fs::rename(&previous, &current).map_err(|source| storage(&previous, source))?;
     }
     remove_dir_if_exists(&dir.join("snapshot.tmp"))?;
-    remove_dir_if_exists(&previous)
+    Ok(remove_dir_if_exists(&previous)?)
 }
 
 fn load_snapshot(
@@ -808,54 +788,17 @@ fn load_snapshot(
         });
     }
     let points_path = snapshot_dir.join("points.bin");
-    let bytes = fs::read(&points_path).map_err(|source| storage(&points_path, source))?;
-    let corrupt = |reason: &str| Error::Corrupt {
-        path: points_path.display().to_string(),
-        reason: reason.to_string(),
-    };
-    if bytes.len() < POINTS_MAGIC.len() + 4 {
-        return Err(corrupt("missing header"));
-    }
-    let has_epoch = match &bytes[..POINTS_MAGIC.len()] {
-        magic if magic == POINTS_MAGIC => true,
-        magic if magic == POINTS_MAGIC_V1 => false,
-        _ => return Err(corrupt("missing header")),
-    };
-    let (body, trailer) = bytes.split_at(bytes.len() - 4);
-    let expected_crc = u32::from_le_bytes(trailer.try_into().expect("4 bytes"));
-    if crc32fast::hash(body) != expected_crc {
-        return Err(corrupt("checksum mismatch"));
-    }
-    let mut cursor = Cursor {
-        bytes: &body[POINTS_MAGIC.len()..],
-    };
-    let applied_seq = cursor.u64().ok_or_else(|| corrupt("truncated"))?;
-    let last_epoch = if has_epoch {
-        cursor.u64().ok_or_else(|| corrupt("truncated"))?
-    } else {
-        0
-    };
-    let next_internal = cursor.u64().ok_or_else(|| corrupt("truncated"))?;
-    let count = cursor.u64().ok_or_else(|| corrupt("truncated"))?;
     let mut internal_by_id = BTreeMap::new();
     let mut points = HashMap::new();
-    for _ in 0..count {
-        let internal = cursor.u64().ok_or_else(|| corrupt("truncated"))?;
-        let id = cursor.string().ok_or_else(|| corrupt("truncated id"))?;
-        let payload = match cursor.u8().ok_or_else(|| corrupt("truncated"))? {
-            0 => None,
-            1 => Some(
-                cursor
-                    .string()
-                    .ok_or_else(|| corrupt("truncated payload"))?,
-            ),
-            _ => return Err(corrupt("bad payload flag")),
-        };
+    let header = read_points_file(&points_path, |internal, id, payload| {
         internal_by_id.insert(id.clone(), internal);
         points.insert(internal, StoredPoint { id, payload });
-    }
+    })?;
     if points.len() != index.len() {
-        return Err(corrupt("point count differs from the index"));
+        return Err(Error::Corrupt {
+            path: points_path.display().to_string(),
+            reason: "point count differs from the index".into(),
+        });
     }
     let live = points.keys().copied().collect();
     Ok(ReplicaData {
@@ -863,134 +806,37 @@ fn load_snapshot(
         internal_by_id,
         points,
         live,
-        next_internal,
-        applied_seq,
-        last_epoch,
+        next_internal: header.next_internal,
+        applied_seq: header.applied_seq,
+        last_epoch: header.last_epoch,
     })
 }
 
-fn write_points_file(path: &Path, data: &ReplicaData) -> Result<()> {
-    let mut out = Vec::with_capacity(32 + data.points.len() * 32);
-    out.extend_from_slice(POINTS_MAGIC);
-    out.extend_from_slice(&data.applied_seq.to_le_bytes());
-    out.extend_from_slice(&data.last_epoch.to_le_bytes());
-    out.extend_from_slice(&data.next_internal.to_le_bytes());
-    out.extend_from_slice(&(data.points.len() as u64).to_le_bytes());
-    for (internal, point) in &data.points {
-        out.extend_from_slice(&internal.to_le_bytes());
-        out.extend_from_slice(&(point.id.len() as u32).to_le_bytes());
-        out.extend_from_slice(point.id.as_bytes());
-        match &point.payload {
-            Some(payload) => {
-                out.push(1);
-                out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-                out.extend_from_slice(payload.as_bytes());
-            }
-            None => out.push(0),
-        }
-    }
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    let mut file = fs::File::create(path).map_err(|source| storage(path, source))?;
-    file.write_all(&out)
-        .and_then(|()| file.sync_all())
-        .map_err(|source| storage(path, source))
+fn write_points(path: &Path, data: &ReplicaData) -> Result<()> {
+    let header = PointsHeader {
+        applied_seq: data.applied_seq,
+        last_epoch: data.last_epoch,
+        next_internal: data.next_internal,
+    };
+    let points = data
+        .points
+        .iter()
+        .map(|(internal, point)| (*internal, point.id.as_str(), point.payload.as_deref()));
+    Ok(write_points_file(path, &header, points)?)
 }
 
-fn read_epochs(dir: &Path) -> Result<EpochHistory> {
-    let path = dir.join("epochs.json");
-    match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| Error::Corrupt {
-            path: path.display().to_string(),
-            reason: error.to_string(),
-        }),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(EpochHistory::default()),
-        Err(source) => Err(storage(&path, source)),
-    }
-}
-
-fn write_epochs(dir: &Path, epochs: &EpochHistory) -> Result<()> {
-    let json = serde_json::to_vec(epochs)
-        .map_err(|error| Error::Internal(format!("encoding epochs.json: {error}")))?;
-    write_file_atomically(&dir.join("epochs.json"), &json)
-}
-
-/// Hard-links every file under `source` to the same place under `dest` (created).
-fn link_tree(source: &Path, dest: &Path) -> Result<()> {
-    fs::create_dir_all(dest).map_err(|error| storage(dest, error))?;
-    for entry in fs::read_dir(source).map_err(|error| storage(source, error))? {
-        let entry = entry.map_err(|error| storage(source, error))?;
-        let from = entry.path();
-        let to = dest.join(entry.file_name());
-        if from.is_dir() {
-            link_tree(&from, &to)?;
-        } else {
-            fs::hard_link(&from, &to).map_err(|error| storage(&to, error))?;
-        }
-    }
-    Ok(())
-}
-
-fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let temporary = path.with_extension("tmp");
-    let mut file = fs::File::create(&temporary).map_err(|source| storage(&temporary, source))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|source| storage(&temporary, source))?;
-    fs::rename(&temporary, path).map_err(|source| storage(path, source))?;
-    if let Some(parent) = path.parent() {
-        sync_dir(parent)?;
-    }
-    Ok(())
-}
-
-fn remove_dir_contents(dir: &Path) -> Result<()> {
-    for entry in fs::read_dir(dir).map_err(|source| storage(dir, source))? {
-        let path = entry.map_err(|source| storage(dir, source))?.path();
-        if path.is_dir() {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        }
-        .map_err(|source| storage(&path, source))?;
-    }
-    Ok(())
-}
-
-/// Creates `dir` and any missing parents, fsyncing each parent that gained an entry, so a
-/// replica directory created before an acknowledged write survives a power loss.
-fn create_dir_all_durably(dir: &Path) -> Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = dir.parent() {
-        if !parent.as_os_str().is_empty() {
-            create_dir_all_durably(parent)?;
-        }
-    }
-    match fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-        Err(source) => return Err(storage(dir, source)),
-    }
-    match dir.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
-        _ => Ok(()),
-    }
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|handle| handle.sync_all())
-        .map_err(|source| storage(dir, source))
-}
-
-fn remove_dir_if_exists(dir: &Path) -> Result<()> {
-    match fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(storage(dir, source)),
-    }
+/// A failure of the log at `wal_dir`, as the replica has always reported it: under the log's
+/// directory, with the storage layer's message.
+fn wal_error(wal_dir: &Path, error: StorageError) -> Error {
+    let source = match error {
+        StorageError::Io { source, .. } => source,
+        StorageError::Corrupt { .. } => io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("write-ahead log {error}"),
+        ),
+        other => io::Error::new(other.kind(), other.to_string()),
+    };
+    storage(wal_dir, source)
 }
 
 /// A storage failure at `path`, for every file operation of a replica.

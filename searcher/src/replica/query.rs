@@ -22,7 +22,7 @@ use crate::{
     error::Result,
     point::PointData,
     replica::ReplicaCounters,
-    wal::{WalOp, WalRecord},
+    storage::wal::{WalOp, WalRecord},
 };
 
 impl PointSource for ReplicaData {

@@ -14,7 +14,7 @@ use super::{
 use crate::{
     error::{Error, Result},
     replica::Replica,
-    wal::WalRecord,
+    storage::wal::WalRecord,
 };
 
 /// How long the primary holds a pull open when it has no records yet.

@@ -11,7 +11,7 @@ use std::{
 use tokio::sync::{watch, Notify};
 
 use super::quorum::QuorumMembers;
-use crate::wal::WalRecord;
+use crate::storage::wal::WalRecord;
 
 /// Records kept in memory for followers; older ones are read back from the log on disk.
 const RECENT_RECORDS: usize = 4096;
@@ -349,7 +349,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::wal::WalOp;
+    use crate::storage::wal::WalOp;
 
     fn upsert(seq: u64) -> WalRecord {
         WalRecord {

@@ -7,7 +7,7 @@ use super::{log::PULL_MAX_RECORDS, shard_state::ShardState};
 use crate::{
     error::{Error, Result},
     replica::Replica,
-    wal::WalRecord,
+    storage::wal::WalRecord,
 };
 
 /// About the most bytes of records one PullLog answer carries.

@@ -16,7 +16,7 @@ use super::{
 use crate::{
     error::{Error, Result},
     replica::Replica,
-    wal::WalRecord,
+    storage::wal::WalRecord,
 };
 
 /// A voting replica that answered the fence: (its id, its address, its applied sequence).

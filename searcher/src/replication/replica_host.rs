@@ -7,7 +7,7 @@ use quiver_cluster::ReplicaPhase;
 use super::shard_state::ShardState;
 use crate::{
     replica::{Replica, ReplicaConfig},
-    wal::WalOptions,
+    storage::wal::WalOptions,
 };
 
 /// The replica slots of one Searcher, as the follower and recovery tasks see them. A slot

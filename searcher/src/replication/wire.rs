@@ -5,7 +5,7 @@ use quiver_proto::v1::{LogRecord, Point, PullLogRequest};
 use super::pull_server::PullRequest;
 use crate::{
     point::PointData,
-    wal::{WalOp, WalRecord},
+    storage::wal::{WalOp, WalRecord},
 };
 
 pub fn record_to_proto(record: &WalRecord) -> LogRecord {
