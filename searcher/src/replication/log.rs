@@ -349,24 +349,16 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::storage::wal::WalOp;
-
-    fn upsert(seq: u64) -> WalRecord {
-        WalRecord {
-            seq,
-            epoch: 1,
-            op: WalOp::Delete(vec![format!("p{seq}")]),
-        }
-    }
+    use crate::storage::wal::test_record;
 
     #[test]
     fn recent_records_are_served_only_as_a_consecutive_run() {
         let log = ShardLog::new();
-        log.push(upsert(1));
-        log.push(upsert(3));
+        log.push(test_record(1));
+        log.push(test_record(3));
         assert_eq!(log.recent_after(0, 10).unwrap().len(), 1);
         assert!(log.recent_after(1, 10).is_none(), "2 is missing");
-        log.push(upsert(2));
+        log.push(test_record(2));
         let seqs: Vec<u64> = log
             .recent_after(0, 10)
             .unwrap()
@@ -434,7 +426,7 @@ mod tests {
         let log = Arc::new(ShardLog::new());
         log.set_members(members(&["b", "c"], 0, &["d"]));
         // Write 1 is acknowledged without the learner, which has not pulled yet.
-        log.push(upsert(1));
+        log.push(test_record(1));
         log.record_progress("b", 1);
         assert!(log.await_quorum(1, 2, in_5s()).await.1);
         assert!(
@@ -450,7 +442,7 @@ mod tests {
         assert!(!log.record_progress("d", 1), "announced once");
 
         // From now on a voting quorum is not enough: d must hold each write too.
-        log.push(upsert(2));
+        log.push(test_record(2));
         let waiter = wait_for(&log, 2, 2);
         log.record_progress("b", 2);
         log.record_progress("c", 2);
@@ -468,7 +460,7 @@ mod tests {
         // planned on the old one could still land, so writes still wait for d.
         log.set_members(members(&["b", "d"], 0, &[]));
         assert!(log.learners_to_vouch_for().is_empty());
-        log.push(upsert(3));
+        log.push(test_record(3));
         let waiter = wait_for(&log, 3, 2);
         log.record_progress("b", 3);
         assert!(still_waiting(&waiter).await, "d is retiring, not retired");
@@ -480,7 +472,7 @@ mod tests {
     async fn a_write_waiting_on_the_old_members_sees_the_learner_join() {
         let log = Arc::new(ShardLog::new());
         log.set_members(members(&["b", "c"], 0, &["d"]));
-        log.push(upsert(1));
+        log.push(test_record(1));
         let waiter = wait_for(&log, 1, 2);
         // d pulls before anything was acknowledged: in sync, so write 1 now needs it.
         assert!(log.record_progress("d", 0));
@@ -498,7 +490,7 @@ mod tests {
         let log = Arc::new(ShardLog::new());
         log.set_members(members(&["b", "c"], 0, &["d"]));
         for seq in 1..=6 {
-            log.push(upsert(seq));
+            log.push(test_record(seq));
         }
         log.record_progress("b", 5);
         assert!(log.await_quorum(5, 2, in_5s()).await.1);
@@ -508,7 +500,7 @@ mod tests {
         assert!(!log.record_progress("d", 3));
         log.record_progress("b", 6);
         assert!(log.await_quorum(6, 2, in_5s()).await.1);
-        log.push(upsert(7));
+        log.push(test_record(7));
         let waiter = wait_for(&log, 7, 2);
         log.record_progress("b", 7);
         assert!(still_waiting(&waiter).await, "d joined before write 7");
@@ -525,11 +517,11 @@ mod tests {
     async fn a_learner_far_behind_is_not_waited_for() {
         let log = Arc::new(ShardLog::new());
         log.set_members(members(&["b"], 0, &["d"]));
-        log.push(upsert(5000));
+        log.push(test_record(5000));
         log.record_progress("b", 5000);
         assert!(log.await_quorum(5000, 2, in_5s()).await.1);
         assert!(!log.record_progress("d", 10));
-        log.push(upsert(5001));
+        log.push(test_record(5001));
         log.record_progress("b", 5001);
         assert!(log.await_quorum(5001, 2, in_5s()).await.1);
     }
@@ -539,7 +531,7 @@ mod tests {
         let log = Arc::new(ShardLog::new());
         log.set_members(members(&["b", "c"], 0, &["d"]));
         assert!(log.record_progress("d", 0));
-        log.push(upsert(1));
+        log.push(test_record(1));
         let waiter = wait_for(&log, 1, 2);
         log.record_progress("b", 1);
         assert!(still_waiting(&waiter).await);
@@ -566,7 +558,7 @@ mod tests {
         assert_eq!(log.learners_to_vouch_for(), ["d"]);
         tokio::time::sleep(IN_SYNC_WINDOW + Duration::from_millis(100)).await;
         assert!(log.learners_to_vouch_for().is_empty(), "d stopped pulling");
-        log.push(upsert(1));
+        log.push(test_record(1));
         log.record_progress("b", 1);
         let quick = tokio::time::Instant::now() + Duration::from_millis(50);
         assert!(
@@ -596,7 +588,7 @@ mod tests {
         log.set_members(members(&["b", "c"], 0, &["d"]));
         // Promoted with 40 records, any of which an earlier primary may have acknowledged.
         log.begin_term(40);
-        log.push(upsert(40));
+        log.push(test_record(40));
         assert!(!log.record_progress("d", 39));
         assert!(log.record_progress("d", 40));
         // A follower's progress from an earlier term does not carry over.

@@ -73,14 +73,7 @@ pub fn pull_request_from_proto(request: PullLogRequest) -> PullRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn upsert(seq: u64) -> WalRecord {
-        WalRecord {
-            seq,
-            epoch: 1,
-            op: WalOp::Delete(vec![format!("p{seq}")]),
-        }
-    }
+    use crate::storage::wal::test_record;
 
     #[test]
     fn records_round_trip_through_the_wire_form() {
@@ -94,7 +87,7 @@ mod tests {
             }]),
         };
         assert_eq!(record_from_proto(record_to_proto(&record)), record);
-        let delete = upsert(5);
+        let delete = test_record(5);
         assert_eq!(record_from_proto(record_to_proto(&delete)), delete);
     }
 }

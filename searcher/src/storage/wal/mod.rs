@@ -29,6 +29,8 @@ mod sync;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+pub(crate) use record::test_record;
 pub use record::{WalOp, WalRecord};
 pub use sync::{ParseWalSyncError, WalSync};
 

@@ -189,3 +189,13 @@ fn decode_points(cursor: &mut Cursor<'_>) -> Option<Vec<PointData>> {
     }
     Some(points)
 }
+
+/// A small record at `seq` for tests of the log's consumers (a delete of one id, `p<seq>`).
+#[cfg(test)]
+pub(crate) fn test_record(seq: u64) -> WalRecord {
+    WalRecord {
+        seq,
+        epoch: 1,
+        op: WalOp::Delete(vec![format!("p{seq}")]),
+    }
+}
